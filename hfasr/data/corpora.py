@@ -1,0 +1,517 @@
+"""Corpus preparation: local corpus directories (or lhotse downloads) to lhotse CutSets.
+
+Every corpus gives one or more *tasks*, each with ``train`` / ``dev`` / ``test`` CutSets that
+:func:`prepare_corpus` writes as ``<out>/<task>_cuts_<split>.jsonl.gz``:
+
+============  ==============================  ===============================================
+corpus        tasks                           splits
+============  ==============================  ===============================================
+synth         ``synth``                       generated offline with eSpeak NG (see synth.py)
+yesno         ``yesno``                       lhotse's 30/30 split; dev = train (no dev set)
+fsdd          ``fsdd_iso``                    the corpus's own split: takes 0-4 test,
+                                              5-9 dev, 10-49 train
+              ``fsdd_spk``                    held-out test speakers; dev = takes 0-4 of the
+                                              training speakers, train = their takes 5-49
+              ``fsdd_conn``                   connected digits (3-7 per utterance) built from
+                                              ``fsdd_spk``'s recordings, split the same way
+librispeech   ``librispeech``                 lhotse's recipe; train = all train-* parts,
+mini_librispeech                              dev = dev-clean, test = test-clean (+ -other)
+timit         ``timit``                       lhotse's recipe (TRAIN / DEV / TEST speakers)
+============  ==============================  ===============================================
+
+Every recording is checked (:func:`hfasr.data.audio.check_audio_file`) and every transcript
+must be non-empty. A bad item raises :class:`~hfasr.errors.DataError` naming it; with
+``skip_bad=True`` it is left out instead and listed in ``<out>/skipped.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+from hfasr.config import load_config
+from hfasr.data.audio import check_audio_file
+from hfasr.errors import DataError, HfasrError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+DIGIT_WORDS = ("ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX", "SEVEN", "EIGHT", "NINE")
+
+
+class BadItems:
+    """Collects bad inputs when ``skip_bad`` is set; otherwise re-raises the first one."""
+
+    def __init__(self, skip_bad: bool) -> None:
+        self.skip_bad = skip_bad
+        self.items: list[tuple[str, str]] = []
+
+    def check(self, item: str, fn: Callable, *args):
+        """Call ``fn(*args)``; on DataError either raise or record ``item`` and return None."""
+        try:
+            return fn(*args)
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping %s: %s", item, e)
+            self.items.append((item, str(e)))
+            return None
+
+    def write_report(self, path: Path) -> None:
+        """Write ``item<TAB>reason`` lines (an empty file when nothing was skipped)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            for item, reason in self.items:
+                f.write(f"{item}\t{reason}\n")
+
+
+def _require_dir(path: Path | None, what: str) -> Path:
+    if path is None:
+        raise DataError(f"--corpus-dir is required for {what} (or pass --download)")
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"corpus directory not found: {path} ({what})")
+    return path
+
+
+def _check_text(text: str | None, utt: str, where: str) -> str:
+    if text is None or not text.strip():
+        raise DataError(f"empty or missing transcript for utterance '{utt}' ({where})")
+    return " ".join(text.split())
+
+
+def _cuts(recordings: list[Recording], sups: list[SupervisionSegment]) -> CutSet:
+    return CutSet.from_manifests(
+        recordings=RecordingSet.from_recordings(recordings),
+        supervisions=SupervisionSet.from_segments(sups),
+    ).sort_by_recording_id()
+
+
+# ----------------------------------------------------------------------------------------- yesno
+
+
+@dataclass
+class YesnoConfig:
+    """Options of ``hfasr prepare yesno`` (lhotse's split is fixed: no options needed yet)."""
+
+    dev_from_train: bool = True  # yesno has no dev split; write train's cuts as dev too
+
+
+def prepare_yesno(corpus_dir: Path | None, cfg: YesnoConfig, bad: BadItems, download_dir: Path | None = None) -> dict:
+    """Kaldi's yesno corpus through ``lhotse.recipes.prepare_yesno`` (30 train / 30 test cuts).
+
+    ``corpus_dir`` is the ``waves_yesno/`` folder itself (or its parent). With ``download_dir``
+    the archive is fetched with ``lhotse.recipes.download_yesno`` first.
+    """
+    from lhotse.recipes import download_yesno
+    from lhotse.recipes import prepare_yesno as lhotse_prepare_yesno
+
+    if download_dir is not None:
+        corpus_dir = download_yesno(download_dir) / "waves_yesno"
+    corpus_dir = _require_dir(corpus_dir, "yesno")
+    if not list(corpus_dir.glob("*.wav")) and (corpus_dir / "waves_yesno").is_dir():
+        corpus_dir = corpus_dir / "waves_yesno"
+    wavs = sorted(corpus_dir.glob("*.wav"))
+    if len(wavs) == 0:
+        raise DataError(f"{corpus_dir}: no .wav files found (expected the 60 files of waves_yesno/)")
+    good: list[Path] = []
+    for w in wavs:
+        def _one(w=w):
+            if not re.fullmatch(r"[01](_[01]){7}", w.stem):
+                raise DataError(f"{w}: not a yesno file name (want 8 of 0/1 joined by '_'); its transcript is encoded there")
+            check_audio_file(w)
+            return w
+        if bad.check(str(w), _one) is not None:
+            good.append(w)
+    if len(good) == len(wavs) == 60:
+        m = lhotse_prepare_yesno(corpus_dir)
+        parts = {"train": m["train"], "test": m["test"]}
+        out = {s: CutSet.from_manifests(**parts[s]) for s in parts}
+    else:
+        if len(wavs) != 60 and not bad.skip_bad:
+            raise DataError(f"{corpus_dir}: expected the 60 waves_yesno files, found {len(wavs)}")
+        # lhotse's own split rule (sorted files; even positions train, odd test) on the files
+        # present, leaving out the bad ones (only reached with skip_bad).
+        goodset = set(good)
+        out = {}
+        for split, sel in (("train", wavs[::2]), ("test", wavs[1::2])):
+            recs, sups = [], []
+            for w in sel:
+                if w not in goodset:
+                    continue
+                r = Recording.from_file(w)
+                words = " ".join("YES" if c == "1" else "NO" for c in w.stem.split("_"))
+                recs.append(r)
+                sups.append(SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=r.duration,
+                                               channel=0, text=words, language="Hebrew"))
+            out[split] = _cuts(recs, sups)
+    if cfg.dev_from_train:
+        out["dev"] = out["train"]
+    return {"yesno": out}
+
+
+# ------------------------------------------------------------------------------------------ fsdd
+
+FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/heads/master.zip"
+
+
+@dataclass
+class FsddConfig:
+    """Options of ``hfasr prepare fsdd``."""
+
+    test_speakers: list[str] = field(default_factory=lambda: ["theo"])  # held out in fsdd_spk/fsdd_conn
+    own_test_takes: int = 5  # takes 0..4 are the corpus's own test set
+    own_dev_takes: int = 5  # fsdd_iso: the next 5 takes (5..9) are dev
+    conn_min_digits: int = 3  # digits per connected utterance, inclusive range
+    conn_max_digits: int = 7
+    conn_min_pause: float = 0.1  # seconds of low-level noise between (and around) digits
+    conn_max_pause: float = 0.3
+    conn_noise_db: float = -40.0  # pause-noise level relative to the speech RMS (dB)
+    conn_train_passes: int = 3  # times each training recording is used (in different contexts)
+    seed: int = 0
+
+
+_FSDD_NAME = re.compile(r"(\d)_([A-Za-z]+)_(\d+)")
+
+
+def _fsdd_files(corpus_dir: Path, bad: BadItems) -> list[tuple[Path, int, str, int, Recording]]:
+    rec_dir = corpus_dir / "recordings" if (corpus_dir / "recordings").is_dir() else corpus_dir
+    wavs = sorted(rec_dir.glob("*.wav"))
+    if not wavs:
+        raise DataError(f"{rec_dir}: no .wav files found (expected FSDD's recordings/ folder)")
+    out = []
+    for w in wavs:
+        def _one(w=w):
+            m = _FSDD_NAME.fullmatch(w.stem)
+            if m is None:
+                raise DataError(f"{w}: not an FSDD file name '<digit>_<speaker>_<take>.wav'; its transcript is encoded there")
+            check_audio_file(w)
+            rec = Recording.from_file(w, recording_id=f"fsdd-{m.group(2)}-{m.group(1)}-{int(m.group(3)):02d}")
+            return (w, int(m.group(1)), m.group(2), int(m.group(3)), rec)
+        item = bad.check(str(w), _one)
+        if item is not None:
+            out.append(item)
+    return out
+
+
+def _iso_cuts(items) -> CutSet:
+    recs = [it[4] for it in items]
+    sups = [
+        SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=r.duration, channel=0,
+                           text=DIGIT_WORDS[it[1]], speaker=it[2], language="English")
+        for it, r in zip(items, recs)
+    ]
+    return _cuts(recs, sups)
+
+
+def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
+    tmp = path.with_suffix(".tmp.wav")
+    sf.write(str(tmp), audio, sr, subtype="PCM_16")
+    tmp.replace(path)
+
+
+def _connected(items, split: str, passes: int, cfg: FsddConfig, wav_dir: Path) -> CutSet:
+    """Concatenate each speaker's recordings into connected-digit utterances (deterministic)."""
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    by_spk: dict[str, list] = {}
+    for it in items:
+        by_spk.setdefault(it[2], []).append(it)
+    recs, sups = [], []
+    for spk in sorted(by_spk):
+        rng = random.Random(f"{cfg.seed}-{split}-{spk}")
+        nrng = np.random.default_rng([cfg.seed, zlib.crc32(f"{split}-{spk}".encode())])
+        pool = sorted(by_spk[spk], key=lambda it: (it[1], it[3]))
+        idx = 0
+        for p in range(passes):
+            order = pool[:]
+            rng.shuffle(order)
+            pos = 0
+            while len(order) - pos >= cfg.conn_min_digits:
+                n = rng.randint(cfg.conn_min_digits, cfg.conn_max_digits)
+                rem = len(order) - pos
+                if rem - n < cfg.conn_min_digits and rem <= cfg.conn_max_digits:
+                    n = rem
+                n = min(n, rem)
+                chunk = order[pos : pos + n]
+                pos += n
+                audios = []
+                sr = None
+                for it in chunk:
+                    a, r = sf.read(str(it[0]), dtype="float32", always_2d=True)
+                    a = a.mean(axis=1)
+                    if sr is None:
+                        sr = r
+                    elif r != sr:
+                        raise DataError(f"{it[0]}: sampling rate {r} differs from {sr} of the other recordings of '{spk}'")
+                    audios.append(a)
+                rms = float(np.sqrt(np.mean(np.concatenate(audios) ** 2))) + 1e-8
+                noise_std = rms * 10 ** (cfg.conn_noise_db / 20)
+                pieces = []
+                for a in audios:
+                    pieces.append(nrng.normal(0, noise_std, int(sr * rng.uniform(cfg.conn_min_pause, cfg.conn_max_pause))))
+                    pieces.append(a)
+                pieces.append(nrng.normal(0, noise_std, int(sr * rng.uniform(cfg.conn_min_pause, cfg.conn_max_pause))))
+                audio = np.clip(np.concatenate(pieces), -1.0, 1.0).astype(np.float32)
+                uid = f"fsddc-{spk}-{split}-{idx:04d}"
+                idx += 1
+                path = wav_dir / f"{uid}.wav"
+                _write_wav(path, audio, sr)
+                rec = Recording.from_file(path, recording_id=uid)
+                recs.append(rec)
+                text = " ".join(DIGIT_WORDS[it[1]] for it in chunk)
+                sups.append(SupervisionSegment(id=uid, recording_id=uid, start=0.0, duration=rec.duration,
+                                               channel=0, text=text, speaker=spk, language="English",
+                                               custom={"sources": [it[4].id for it in chunk]}))
+    return _cuts(recs, sups)
+
+
+def prepare_fsdd(corpus_dir: Path | None, cfg: FsddConfig, bad: BadItems, out_dir: Path,
+                 download_dir: Path | None = None) -> dict:
+    """Free Spoken Digit Dataset: tasks ``fsdd_iso``, ``fsdd_spk`` and ``fsdd_conn``.
+
+    Works from the files present (speakers listed in FSDD's ``metadata.py`` may be missing).
+    """
+    if download_dir is not None:
+        corpus_dir = _download_fsdd(download_dir)
+    corpus_dir = _require_dir(corpus_dir, "fsdd")
+    items = _fsdd_files(corpus_dir, bad)
+    speakers = sorted({it[2] for it in items})
+    missing = [s for s in cfg.test_speakers if s not in speakers]
+    if missing:
+        raise DataError(f"fsdd: test speaker(s) {missing} have no recordings in {corpus_dir} (present: {speakers}); "
+                        "set test_speakers in the prepare config")
+    train_spk = [s for s in speakers if s not in cfg.test_speakers]
+    if not train_spk:
+        raise DataError("fsdd: every speaker is a test speaker; nothing left to train on")
+    t0, d0 = cfg.own_test_takes, cfg.own_test_takes + cfg.own_dev_takes
+    iso = {
+        "train": [it for it in items if it[3] >= d0],
+        "dev": [it for it in items if t0 <= it[3] < d0],
+        "test": [it for it in items if it[3] < t0],
+    }
+    spk = {
+        "train": [it for it in items if it[2] in train_spk and it[3] >= t0],
+        "dev": [it for it in items if it[2] in train_spk and it[3] < t0],
+        "test": [it for it in items if it[2] in cfg.test_speakers],
+    }
+    tasks = {
+        "fsdd_iso": {s: _iso_cuts(iso[s]) for s in SPLITS},
+        "fsdd_spk": {s: _iso_cuts(spk[s]) for s in SPLITS},
+        "fsdd_conn": {
+            s: _connected(spk[s], s, cfg.conn_train_passes if s == "train" else 1, cfg,
+                          out_dir / "fsdd_conn_wavs" / s)
+            for s in SPLITS
+        },
+    }
+    return tasks
+
+
+def _download_fsdd(target: Path) -> Path:
+    import zipfile
+
+    from lhotse.utils import resumable_download
+
+    target.mkdir(parents=True, exist_ok=True)
+    zpath = target / "fsdd.zip"
+    resumable_download(FSDD_URL, filename=zpath)
+    with zipfile.ZipFile(zpath) as z:
+        z.extractall(target)
+    found = sorted(target.glob("free-spoken-digit-dataset-*"))
+    if not found:
+        raise DataError(f"{zpath}: archive did not contain free-spoken-digit-dataset-*/")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------- librispeech, timit
+
+
+@dataclass
+class LibrispeechConfig:
+    """Options of ``hfasr prepare librispeech|mini_librispeech``."""
+
+    dataset_parts: str = "auto"  # lhotse's dataset_parts: auto, mini_librispeech, or one part name
+    normalize_text: str = "none"  # lhotse's normalize_text option ("none" or "lower")
+    num_jobs: int = 1
+
+
+def _check_librispeech_transcripts(corpus_dir: Path, bad: BadItems) -> set[str]:
+    """Every ``*.trans.txt`` line must have text; every audio file must have a line."""
+    bad_ids: set[str] = set()
+    listed: set[str] = set()
+    for trans in sorted(corpus_dir.rglob("*.trans.txt")):
+        for lineno, line in enumerate(trans.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.strip().split(maxsplit=1)
+            listed.add(parts[0])
+            ok = bad.check(parts[0], _check_text, parts[1] if len(parts) > 1 else None, parts[0], f"{trans}:{lineno}")
+            if ok is None:
+                bad_ids.add(parts[0])
+    for audio in sorted(corpus_dir.rglob("*.flac")):
+        if audio.stem not in listed:
+            def _missing(a=audio):
+                raise DataError(f"{a}: no transcript for utterance '{a.stem}' in {a.parent}/*.trans.txt")
+            bad.check(str(audio), _missing)
+            continue
+        if audio.stem in bad_ids:
+            continue
+        if bad.check(str(audio), check_audio_file, audio) is None:
+            bad_ids.add(audio.stem)
+    return bad_ids
+
+
+def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: BadItems,
+                        download_dir: Path | None = None, mini: bool = False) -> dict:
+    """LibriSpeech (or mini_librispeech) through ``lhotse.recipes.prepare_librispeech``."""
+    from lhotse.recipes import download_librispeech
+    from lhotse.recipes import prepare_librispeech as lhotse_prepare
+
+    parts = "mini_librispeech" if mini and cfg.dataset_parts == "auto" else cfg.dataset_parts
+    if download_dir is not None:
+        corpus_dir = download_librispeech(download_dir, dataset_parts=parts) / "LibriSpeech"
+    corpus_dir = _require_dir(corpus_dir, "librispeech")
+    if (corpus_dir / "LibriSpeech").is_dir():
+        corpus_dir = corpus_dir / "LibriSpeech"
+    bad_ids = _check_librispeech_transcripts(corpus_dir, bad)
+    try:
+        m = lhotse_prepare(corpus_dir, dataset_parts=parts, normalize_text=cfg.normalize_text, num_jobs=cfg.num_jobs)
+    except (ValueError, AssertionError) as e:
+        raise DataError(f"{corpus_dir}: lhotse could not prepare LibriSpeech: {e}") from e
+    by_split: dict[str, list[CutSet]] = {s: [] for s in SPLITS}
+    for part, mm in m.items():
+        split = "train" if part.startswith("train") else "dev" if part.startswith("dev") else "test"
+        cs = CutSet.from_manifests(**mm).filter(lambda c: c.supervisions[0].id not in bad_ids)
+        by_split[split].append(cs.to_eager())
+    out = {}
+    for s in SPLITS:
+        if not by_split[s]:
+            raise DataError(f"{corpus_dir}: no LibriSpeech part for the {s} split (found parts: {sorted(m)})")
+        out[s] = CutSet.from_cuts(c for cs in by_split[s] for c in cs)
+    return {"librispeech": out}
+
+
+@dataclass
+class TimitConfig:
+    """Options of ``hfasr prepare timit``."""
+
+    num_phones: int = 48  # lhotse's phone-set folding: 60, 48 or 39
+    num_jobs: int = 1
+
+
+def prepare_timit(corpus_dir: Path | None, cfg: TimitConfig, bad: BadItems, download_dir: Path | None = None) -> dict:
+    """TIMIT through ``lhotse.recipes.prepare_timit`` (``corpus_dir`` holds ``data/TRAIN``, ``data/TEST``)."""
+    from lhotse.recipes import download_timit
+    from lhotse.recipes import prepare_timit as lhotse_prepare
+
+    if download_dir is not None:
+        corpus_dir = download_timit(download_dir)
+    corpus_dir = _require_dir(corpus_dir, "timit")
+    if not (corpus_dir / "data" / "TRAIN").is_dir():
+        raise DataError(f"{corpus_dir}: not a TIMIT directory (expected {corpus_dir}/data/TRAIN and data/TEST)")
+    bad_ids: set[str] = set()
+    for wav in sorted(corpus_dir.glob("data/*/*/*/*.WAV")):
+        uid = f"{wav.parent.name}-{wav.stem}"
+        txt = wav.with_suffix(".TXT")
+
+        def _one(wav=wav, txt=txt, uid=uid):
+            if not txt.is_file():
+                raise DataError(f"{txt}: transcript missing for utterance '{uid}'")
+            words = txt.read_text().split()[2:]
+            _check_text(" ".join(words), uid, str(txt))
+            for suf in (".WRD", ".PHN"):
+                if not wav.with_suffix(suf).is_file():
+                    raise DataError(f"{wav.with_suffix(suf)}: missing for utterance '{uid}'")
+            check_audio_file(wav)
+            return uid
+        if bad.check(str(wav), _one) is None:
+            bad_ids.add(uid)
+    m = lhotse_prepare(corpus_dir, num_phones=cfg.num_phones, num_jobs=cfg.num_jobs)
+    names = {"TRAIN": "train", "DEV": "dev", "TEST": "test"}
+    out = {names[p]: CutSet.from_manifests(**mm).filter(lambda c: c.supervisions[0].id not in bad_ids).to_eager()
+           for p, mm in m.items()}
+    return {"timit": out}
+
+
+# ----------------------------------------------------------------------------------------- entry
+
+
+def _prepare_synth(corpus_dir, cfg, bad, out_dir, download_dir=None, num_jobs=1):
+    from hfasr.data.synth import prepare_synth
+
+    return {"synth": prepare_synth(out_dir, cfg, num_jobs=num_jobs)}
+
+
+def _synth_config():
+    from hfasr.data.synth import SynthConfig
+
+    return SynthConfig
+
+
+CORPORA: dict[str, Callable[[], type]] = {
+    "synth": _synth_config,
+    "yesno": lambda: YesnoConfig,
+    "fsdd": lambda: FsddConfig,
+    "librispeech": lambda: LibrispeechConfig,
+    "mini_librispeech": lambda: LibrispeechConfig,
+    "timit": lambda: TimitConfig,
+}
+"""Corpus name -> (lazy) config dataclass of ``hfasr prepare <name>``."""
+
+
+def manifest_path(out_dir: Path, task: str, split: str, kind: str = "cuts") -> Path:
+    """``<out>/<task>_<kind>_<split>.jsonl.gz``: kind ``cuts`` (audio) or ``feats`` (with fbank)."""
+    return Path(out_dir) / f"{task}_{kind}_{split}.jsonl.gz"
+
+
+def prepare_corpus(name: str, out_dir: str | Path, corpus_dir: str | Path | None = None,
+                   config: str | Path | None = None, skip_bad: bool = False, download: bool = False,
+                   num_jobs: int = 1) -> dict[str, dict[str, CutSet]]:
+    """Prepare corpus ``name`` into ``out_dir``; return ``{task: {split: CutSet}}``.
+
+    Writes ``<out>/<task>_cuts_<split>.jsonl.gz`` for each task and split, and
+    ``<out>/skipped.txt`` listing what ``skip_bad`` left out (and why).
+    """
+    if name not in CORPORA:
+        raise HfasrError(f"unknown corpus '{name}' (known: {', '.join(CORPORA)})")
+    cfg = load_config(CORPORA[name](), config)
+    out_dir = Path(out_dir).resolve()  # manifests store absolute audio paths
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus_dir = Path(corpus_dir).resolve() if corpus_dir is not None else None
+    download_dir = (out_dir / "download") if download else None
+    bad = BadItems(skip_bad)
+    if name == "synth":
+        tasks = _prepare_synth(corpus_dir, cfg, bad, out_dir, num_jobs=num_jobs)
+    elif name == "yesno":
+        tasks = prepare_yesno(corpus_dir, cfg, bad, download_dir)
+    elif name == "fsdd":
+        tasks = prepare_fsdd(corpus_dir, cfg, bad, out_dir, download_dir)
+    elif name in ("librispeech", "mini_librispeech"):
+        tasks = prepare_librispeech(corpus_dir, cfg, bad, download_dir, mini=name == "mini_librispeech")
+    else:
+        tasks = prepare_timit(corpus_dir, cfg, bad, download_dir)
+    for task, splits in tasks.items():
+        for split, cuts in splits.items():
+            if len(cuts) == 0:
+                raise DataError(f"{name}: the {split} split of {task} is empty")
+            for c in cuts:
+                _check_text(c.supervisions[0].text if c.supervisions else None, c.id, f"{task} {split}")
+            cuts.to_file(manifest_path(out_dir, task, split))
+    bad.write_report(out_dir / "skipped.txt")
+    return tasks
+
+
+def summarize(cuts: CutSet) -> tuple[int, float, int]:
+    """(utterances, hours, speakers) of a CutSet."""
+    n = len(cuts)
+    hours = sum(c.duration for c in cuts) / 3600
+    spk = len({s.speaker for c in cuts for s in c.supervisions})
+    return n, hours, spk
