@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,7 +370,27 @@ def _check_librispeech_transcripts(corpus_dir: Path, bad: BadItems) -> set[str]:
     return bad_ids
 
 
-def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: BadItems,
+def _librispeech_without(corpus_dir: Path, bad_ids: set[str], shadow: Path) -> Path:
+    """A mirror of ``corpus_dir`` (symlinked audio, filtered ``*.trans.txt``) without ``bad_ids``.
+
+    lhotse's recipe parses every transcript line itself, so skipped utterances must be gone from
+    the transcripts it reads (only used with ``skip_bad``).
+    """
+    if shadow.exists():
+        shutil.rmtree(shadow)
+    for trans in corpus_dir.rglob("*.trans.txt"):
+        dst = shadow / trans.relative_to(corpus_dir)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        keep = [ln for ln in trans.read_text().splitlines() if ln.strip() and ln.split()[0] not in bad_ids]
+        dst.write_text("".join(ln + "\n" for ln in keep))
+        for ln in keep:
+            audio = trans.parent / f"{ln.split()[0]}.flac"
+            if audio.exists():
+                (dst.parent / audio.name).symlink_to(audio.resolve())
+    return shadow
+
+
+def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: BadItems, out_dir: Path,
                         download_dir: Path | None = None, mini: bool = False) -> dict:
     """LibriSpeech (or mini_librispeech) through ``lhotse.recipes.prepare_librispeech``."""
     from lhotse.recipes import download_librispeech
@@ -382,6 +403,8 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
     if (corpus_dir / "LibriSpeech").is_dir():
         corpus_dir = corpus_dir / "LibriSpeech"
     bad_ids = _check_librispeech_transcripts(corpus_dir, bad)
+    if bad_ids:
+        corpus_dir = _librispeech_without(corpus_dir, bad_ids, out_dir / "librispeech_clean")
     try:
         m = lhotse_prepare(corpus_dir, dataset_parts=parts, normalize_text=cfg.normalize_text, num_jobs=cfg.num_jobs)
     except (ValueError, AssertionError) as e:
@@ -391,6 +414,9 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
         split = "train" if part.startswith("train") else "dev" if part.startswith("dev") else "test"
         cs = CutSet.from_manifests(**mm).filter(lambda c: c.supervisions[0].id not in bad_ids)
         by_split[split].append(cs.to_eager())
+    if not by_split["test"] and by_split["dev"]:
+        log.warning("%s: no test-* part (mini_librispeech has none): using the dev part as test", corpus_dir)
+        by_split["test"] = by_split["dev"]
     out = {}
     for s in SPLITS:
         if not by_split[s]:
@@ -495,7 +521,7 @@ def prepare_corpus(name: str, out_dir: str | Path, corpus_dir: str | Path | None
     elif name == "fsdd":
         tasks = prepare_fsdd(corpus_dir, cfg, bad, out_dir, download_dir)
     elif name in ("librispeech", "mini_librispeech"):
-        tasks = prepare_librispeech(corpus_dir, cfg, bad, download_dir, mini=name == "mini_librispeech")
+        tasks = prepare_librispeech(corpus_dir, cfg, bad, out_dir, download_dir, mini=name == "mini_librispeech")
     else:
         tasks = prepare_timit(corpus_dir, cfg, bad, download_dir)
     for task, splits in tasks.items():

@@ -1,0 +1,244 @@
+"""Corpus preparation on the real corpora (yesno, FSDD) and on fake LibriSpeech / TIMIT trees."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from lhotse import load_manifest
+
+from conftest import write_tone
+from hfasr.data.corpora import DIGIT_WORDS, manifest_path, prepare_corpus
+from hfasr.errors import ConfigError, DataError, HfasrError
+
+
+def _speakers(cuts):
+    return {s.speaker for c in cuts for s in c.supervisions}
+
+
+def test_yesno_lhotse_split(yesno_dir, tmp_path):
+    tasks = prepare_corpus("yesno", tmp_path, corpus_dir=yesno_dir)
+    y = tasks["yesno"]
+    assert len(y["train"]) == 30 and len(y["test"]) == 30
+    # lhotse's rule: sorted files, even positions train, odd test
+    files = sorted(p.stem for p in yesno_dir.glob("*.wav"))
+    assert sorted(c.recording.id for c in y["train"]) == files[::2]
+    assert sorted(c.recording.id for c in y["test"]) == files[1::2]
+    c = y["train"][0] if hasattr(y["train"], "__getitem__") else next(iter(y["train"]))
+    assert c.supervisions[0].text == " ".join("YES" if b == "1" else "NO" for b in c.recording.id.split("_"))
+    assert manifest_path(tmp_path, "yesno", "test").is_file()
+    assert (tmp_path / "skipped.txt").read_text() == ""
+
+
+def test_fsdd_three_tasks(fsdd_prepared):
+    out, tasks = fsdd_prepared
+    assert set(tasks) == {"fsdd_iso", "fsdd_spk", "fsdd_conn"}
+    iso = tasks["fsdd_iso"]
+    assert (len(iso["train"]), len(iso["dev"]), len(iso["test"])) == (2000, 250, 250)
+    # own split: takes 0-4 are test
+    assert all(int(c.recording.id.split("-")[-1]) < 5 for c in iso["test"])
+    for task in ("fsdd_spk", "fsdd_conn"):
+        t = tasks[task]
+        assert _speakers(t["test"]) == {"theo"}
+        assert not _speakers(t["train"]) & _speakers(t["test"])
+        assert not _speakers(t["dev"]) & _speakers(t["test"])
+    assert len(tasks["fsdd_spk"]["train"]) == 1800 and len(tasks["fsdd_spk"]["test"]) == 500
+    for split in ("train", "dev", "test"):
+        assert manifest_path(out, "fsdd_conn", split).is_file()
+
+
+def test_fsdd_connected_digits(fsdd_prepared):
+    _, tasks = fsdd_prepared
+    conn = tasks["fsdd_conn"]
+    spk = tasks["fsdd_spk"]
+    src_ids = {s: {c.recording.id for c in spk[s]} for s in spk}
+    used = set()
+    for c in conn["test"]:
+        sup = c.supervisions[0]
+        words = sup.text.split()
+        assert 3 <= len(words) <= 7 + 2
+        assert all(w in DIGIT_WORDS for w in words)
+        sources = sup.custom["sources"]
+        assert len(sources) == len(words)
+        assert set(sources) <= src_ids["test"]
+        used |= set(sources)
+        # digits' own recordings plus 100-300 ms pauses around each of them
+        rec_dur = sum(r.duration for r in spk["test"].filter(lambda x: x.recording.id in sources))
+        assert rec_dur + 0.1 * (len(words) + 1) - 0.01 <= c.duration <= rec_dur + 0.3 * (len(words) + 1) + 0.01
+    # test uses (nearly) every test recording exactly once; train uses train recordings only
+    assert len(used) >= 500 - 2
+    for c in conn["train"]:
+        assert set(c.supervisions[0].custom["sources"]) <= src_ids["train"]
+    a, sr = sf.read(next(iter(conn["dev"])).recording.sources[0].source)
+    assert sr == 8000 and abs(a).max() > 0.05
+
+
+def test_fsdd_deterministic(fsdd_dir, fsdd_prepared, tmp_path):
+    out, _ = fsdd_prepared
+    prepare_corpus("fsdd", tmp_path, corpus_dir=fsdd_dir)
+    a = load_manifest(manifest_path(out, "fsdd_conn", "dev"))
+    b = load_manifest(manifest_path(tmp_path, "fsdd_conn", "dev"))
+    assert [c.supervisions[0].text for c in a] == [c.supervisions[0].text for c in b]
+    wa = sf.read(next(iter(a)).recording.sources[0].source)[0]
+    wb = sf.read(next(iter(b)).recording.sources[0].source)[0]
+    assert (wa == wb).all()
+
+
+def test_fsdd_works_from_files_present(fsdd_dir, tmp_path):
+    """A speaker named in metadata.py but absent is fine; a subset of files is fine."""
+    rec = tmp_path / "corpus" / "recordings"
+    rec.mkdir(parents=True)
+    for f in sorted((fsdd_dir / "recordings").glob("*.wav")):
+        d, spk, take = f.stem.split("_")
+        if spk in ("theo", "george") and int(take) < 12:
+            shutil.copy(f, rec / f.name)
+    tasks = prepare_corpus("fsdd", tmp_path / "out", corpus_dir=tmp_path / "corpus")
+    assert _speakers(tasks["fsdd_spk"]["train"]) == {"george"}
+    with pytest.raises(DataError, match=r"test speaker\(s\) \['lucas'\]"):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("test_speakers: [lucas]\n")
+        prepare_corpus("fsdd", tmp_path / "out2", corpus_dir=tmp_path / "corpus", config=cfg)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _yesno_copy(yesno_dir: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for f in yesno_dir.glob("*.wav"):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_missing_corpus_dir(tmp_path):
+    with pytest.raises(DataError, match=r"corpus directory not found: /no/such/dir"):
+        prepare_corpus("yesno", tmp_path, corpus_dir="/no/such/dir")
+    with pytest.raises(DataError, match=r"corpus directory not found: .*nothing_here \(fsdd\)"):
+        prepare_corpus("fsdd", tmp_path, corpus_dir=tmp_path / "nothing_here")
+
+
+def test_unknown_corpus(tmp_path):
+    with pytest.raises(HfasrError, match=r"unknown corpus 'wsj'"):
+        prepare_corpus("wsj", tmp_path)
+
+
+def test_malformed_config(yesno_dir, tmp_path):
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text("test_speaker: theo\n")  # typo: test_speakers
+    with pytest.raises(ConfigError, match=r"prep\.yaml.*unknown key 'test_speaker'"):
+        prepare_corpus("fsdd", tmp_path / "o", corpus_dir=yesno_dir, config=cfg)
+
+
+def test_truncated_wav(yesno_dir, tmp_path):
+    d = _yesno_copy(yesno_dir, tmp_path / "y")
+    victim = d / "0_0_1_0_1_0_1_1.wav"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"0_0_1_0_1_0_1_1\.wav: truncated WAV"):
+        prepare_corpus("yesno", tmp_path / "o", corpus_dir=d)
+
+
+def test_non_audio_wav(fsdd_dir, tmp_path):
+    rec = tmp_path / "c" / "recordings"
+    rec.mkdir(parents=True)
+    for f in sorted((fsdd_dir / "recordings").glob("*_theo_1*.wav"))[:5] + sorted((fsdd_dir / "recordings").glob("*_george_1*.wav"))[:5]:
+        shutil.copy(f, rec / f.name)
+    (rec / "3_george_40.wav").write_text("this is not audio\n" * 20)
+    with pytest.raises(DataError, match=r"3_george_40\.wav: not a WAV file"):
+        prepare_corpus("fsdd", tmp_path / "o", corpus_dir=tmp_path / "c")
+
+
+def test_skip_bad_writes_report(yesno_dir, tmp_path):
+    d = _yesno_copy(yesno_dir, tmp_path / "y")
+    (d / "0_0_1_0_1_0_1_1.wav").write_bytes((d / "0_0_1_0_1_0_1_1.wav").read_bytes()[:100])
+    (d / "1_1_1_1_1_1_1_1.wav").write_text("garbage")
+    tasks = prepare_corpus("yesno", tmp_path / "o", corpus_dir=d, skip_bad=True)
+    y = tasks["yesno"]
+    assert len(y["train"]) + len(y["test"]) == 58
+    report = (tmp_path / "o" / "skipped.txt").read_text().splitlines()
+    assert len(report) == 2
+    assert any("0_0_1_0_1_0_1_1.wav" in r and "truncated" in r for r in report)
+    assert any("1_1_1_1_1_1_1_1.wav" in r and "not a WAV" in r for r in report)
+    # the split of the remaining files is still lhotse's
+    files = sorted(p.stem for p in yesno_dir.glob("*.wav"))
+    assert {c.recording.id for c in y["test"]} <= set(files[1::2])
+
+
+def _fake_librispeech(root: Path, parts=("train-clean-5", "dev-clean-2")) -> Path:
+    ls = root / "LibriSpeech"
+    for pi, part in enumerate(parts):
+        for spk, ch in ((100 + pi, 10), (200 + pi, 20)):
+            d = ls / part / str(spk) / str(ch)
+            lines = []
+            for i in range(2):
+                uid = f"{spk}-{ch}-{i:04d}"
+                write_tone(d / f"{uid}.flac", 0.4 + 0.1 * i, fmt="FLAC", seed=i)
+                lines.append(f"{uid} HELLO WORLD NUMBER {i}")
+            (d / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_librispeech_fake(tmp_path):
+    root = _fake_librispeech(tmp_path / "corpus")
+    tasks = prepare_corpus("mini_librispeech", tmp_path / "o", corpus_dir=root)
+    t = tasks["librispeech"]
+    assert len(t["train"]) == 4 and len(t["dev"]) == 4 and len(t["test"]) == 4
+    assert next(iter(t["train"])).supervisions[0].text.startswith("HELLO WORLD")
+    assert manifest_path(tmp_path / "o", "librispeech", "train").is_file()
+
+
+def test_librispeech_empty_transcript(tmp_path):
+    root = _fake_librispeech(tmp_path / "corpus")
+    trans = root / "LibriSpeech" / "train-clean-5" / "100" / "10" / "100-10.trans.txt"
+    trans.write_text("100-10-0000 HELLO\n100-10-0001\n")
+    with pytest.raises(DataError, match=r"empty or missing transcript for utterance '100-10-0001' \(.*100-10\.trans\.txt:2\)"):
+        prepare_corpus("librispeech", tmp_path / "o", corpus_dir=root)
+    tasks = prepare_corpus("librispeech", tmp_path / "o2", corpus_dir=root, skip_bad=True)
+    assert "100-10-0001" not in {c.supervisions[0].id for c in tasks["librispeech"]["train"]}
+    assert "100-10-0001" in (tmp_path / "o2" / "skipped.txt").read_text()
+
+
+def test_librispeech_audio_without_transcript(tmp_path):
+    root = _fake_librispeech(tmp_path / "corpus")
+    write_tone(root / "LibriSpeech" / "dev-clean-2" / "101" / "10" / "101-10-0009.flac", fmt="FLAC")
+    with pytest.raises(DataError, match=r"101-10-0009\.flac: no transcript"):
+        prepare_corpus("librispeech", tmp_path / "o", corpus_dir=root)
+
+
+def _fake_timit(root: Path) -> Path:
+    from lhotse.recipes.timit import get_speakers
+
+    dev_spks, test_spks = get_speakers()
+    layout = [("TRAIN", "DR1", "FCJF0"), ("TRAIN", "DR2", "MABC0"),
+              ("TEST", "DR1", sorted(dev_spks)[0].upper()), ("TEST", "DR2", sorted(test_spks)[0].upper())]
+    for part, dr, spk in layout:
+        d = root / "data" / part / dr / spk
+        for i, utt in enumerate(("SA1", "SI100")):
+            wav = d / f"{utt}.WAV"
+            write_tone(wav, 0.5, fmt="WAV", seed=i)
+            n = 8000
+            (d / f"{utt}.TXT").write_text(f"0 {n} She had your dark suit.\n")
+            (d / f"{utt}.WRD").write_text(f"0 4000 she\n4000 {n} had\n")
+            (d / f"{utt}.PHN").write_text(f"0 4000 sh\n4000 {n} iy\n")
+    return root
+
+
+def test_timit_fake(tmp_path):
+    root = _fake_timit(tmp_path / "timit")
+    tasks = prepare_corpus("timit", tmp_path / "o", corpus_dir=root)
+    t = tasks["timit"]
+    assert (len(t["train"]), len(t["dev"]), len(t["test"])) == (4, 2, 2)
+    assert next(iter(t["test"])).supervisions[0].text == "She had your dark suit."
+
+
+def test_timit_missing_transcript(tmp_path):
+    root = _fake_timit(tmp_path / "timit")
+    victim = root / "data" / "TRAIN" / "DR1" / "FCJF0" / "SI100.TXT"
+    victim.unlink()
+    with pytest.raises(DataError, match=r"SI100\.TXT: transcript missing for utterance 'FCJF0-SI100'"):
+        prepare_corpus("timit", tmp_path / "o", corpus_dir=root)
+    (root / "data" / "TRAIN" / "DR1" / "FCJF0" / "SI100.TXT").write_text("0 8000 \n")
+    with pytest.raises(DataError, match=r"empty or missing transcript for utterance 'FCJF0-SI100'"):
+        prepare_corpus("timit", tmp_path / "o", corpus_dir=root)
