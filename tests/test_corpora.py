@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from conftest import write_tone
 from lhotse import load_manifest
 
-from conftest import write_tone
 from hfasr.data.corpora import DIGIT_WORDS, manifest_path, prepare_corpus
 from hfasr.errors import ConfigError, DataError, HfasrError
 
@@ -65,7 +65,8 @@ def test_fsdd_connected_digits(fsdd_prepared):
         assert set(sources) <= src_ids["test"]
         used |= set(sources)
         # digits' own recordings plus 100-300 ms pauses around each of them
-        rec_dur = sum(r.duration for r in spk["test"].filter(lambda x: x.recording.id in sources))
+        src = set(sources)
+        rec_dur = sum(r.duration for r in spk["test"] if r.recording.id in src)
         assert rec_dur + 0.1 * (len(words) + 1) - 0.01 <= c.duration <= rec_dur + 0.3 * (len(words) + 1) + 0.01
     # test uses (nearly) every test recording exactly once; train uses train recordings only
     assert len(used) >= 500 - 2
@@ -91,7 +92,7 @@ def test_fsdd_works_from_files_present(fsdd_dir, tmp_path):
     rec = tmp_path / "corpus" / "recordings"
     rec.mkdir(parents=True)
     for f in sorted((fsdd_dir / "recordings").glob("*.wav")):
-        d, spk, take = f.stem.split("_")
+        _, spk, take = f.stem.split("_")
         if spk in ("theo", "george") and int(take) < 12:
             shutil.copy(f, rec / f.name)
     tasks = prepare_corpus("fsdd", tmp_path / "out", corpus_dir=tmp_path / "corpus")
@@ -212,7 +213,7 @@ def _fake_timit(root: Path) -> Path:
 
     dev_spks, test_spks = get_speakers()
     layout = [("TRAIN", "DR1", "FCJF0"), ("TRAIN", "DR2", "MABC0"),
-              ("TEST", "DR1", sorted(dev_spks)[0].upper()), ("TEST", "DR2", sorted(test_spks)[0].upper())]
+              ("TEST", "DR1", min(dev_spks).upper()), ("TEST", "DR2", min(test_spks).upper())]
     for part, dr, spk in layout:
         d = root / "data" / part / dr / spk
         for i, utt in enumerate(("SA1", "SI100")):
@@ -242,3 +243,14 @@ def test_timit_missing_transcript(tmp_path):
     (root / "data" / "TRAIN" / "DR1" / "FCJF0" / "SI100.TXT").write_text("0 8000 \n")
     with pytest.raises(DataError, match=r"empty or missing transcript for utterance 'FCJF0-SI100'"):
         prepare_corpus("timit", tmp_path / "o", corpus_dir=root)
+
+
+def test_synth_through_prepare(tmp_path):
+    cfg = tmp_path / "synth.yaml"
+    cfg.write_text("num_train: 3\nnum_dev: 2\nnum_test: 2\n")
+    tasks = prepare_corpus("synth", tmp_path / "o", config=cfg)
+    s = tasks["synth"]
+    assert (len(s["train"]), len(s["dev"]), len(s["test"])) == (3, 2, 2)
+    assert not _speakers(s["train"]) & _speakers(s["test"])
+    for split in ("train", "dev", "test"):
+        assert len(load_manifest(manifest_path(tmp_path / "o", "synth", split))) == len(s[split])

@@ -33,8 +33,8 @@ def test_features_shapes_and_storage(yesno_feats):
     assert c.num_frames == pytest.approx(c.duration * 100, abs=2)
     assert c.features.storage_type == "lilcom_chunky"
     # speed perturbation changes the duration by the factor
-    base = [cc for cc in feats["train"] if not cc.id.endswith(("_sp0.9", "_sp1.1"))][0]
-    fast = [cc for cc in feats["train"] if cc.id == base.id + "_sp1.1"][0]
+    base = next(cc for cc in feats["train"] if not cc.id.endswith(("_sp0.9", "_sp1.1")))
+    fast = next(cc for cc in feats["train"] if cc.id == base.id + "_sp1.1")
     assert fast.duration == pytest.approx(base.duration / 1.1, abs=0.01)
 
 

@@ -67,10 +67,9 @@ def check_audio_file(path: str | Path) -> AudioInfo:
     if path.suffix.lower() == ".wav":
         with open(path, "rb") as f:
             head = f.read(65536)
-        if head[:4] in (b"RIFF", b"RF64") or path.suffix == ".wav":
-            # TIMIT's upper-case .WAV files are NIST SPHERE: leave those to libsndfile.
-            if head[:4] != b"NIST":
-                _check_wav_header(path, head, size)
+        # TIMIT's upper-case .WAV files are NIST SPHERE: leave those to libsndfile.
+        if head[:4] != b"NIST":
+            _check_wav_header(path, head, size)
     try:
         info = sf.info(str(path))
     except Exception as e:  # libsndfile's error types vary by version

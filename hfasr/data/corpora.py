@@ -31,9 +31,9 @@ import random
 import re
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -71,8 +71,7 @@ class BadItems:
         """Write ``item<TAB>reason`` lines (an empty file when nothing was skipped)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
-            for item, reason in self.items:
-                f.write(f"{item}\t{reason}\n")
+            f.writelines(f"{item}\t{reason}\n" for item, reason in self.items)
 
 
 def _require_dir(path: Path | None, what: str) -> Path:

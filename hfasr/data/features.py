@@ -34,7 +34,7 @@ class FeatureConfig:
     low_freq: float = 20.0  # Hz
     high_freq: float = 0.0  # Hz; <= 0 means Nyquist + high_freq (Kaldi's convention)
     speed_perturb: bool = False  # add 0.9x and 1.1x speed copies of the training set
-    num_jobs: int = 1  # parallel extraction processes
+    num_jobs: int = 1  # extraction processes; >1 only pays off on large corpora (worker start-up)
 
 
 def make_extractor(cfg: FeatureConfig, sampling_rate: int) -> Fbank:
@@ -50,9 +50,10 @@ def _sampling_rate(cuts: CutSet, where: str) -> int:
     return rates.pop()
 
 
-def compute_features(data_dir: str | Path, task: str, cfg: FeatureConfig = FeatureConfig(),
+def compute_features(data_dir: str | Path, task: str, cfg: FeatureConfig | None = None,
                      progress: bool = True) -> dict[str, CutSet]:
     """Compute and store fbank for ``task``'s train/dev/test; return the CutSets with features."""
+    cfg = cfg or FeatureConfig()
     data_dir = Path(data_dir).resolve()
     out = {}
     feats_dir = data_dir / "feats"

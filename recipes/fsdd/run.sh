@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# hfasr recipe for the Free Spoken Digit Dataset: isolated digits (own split, held-out
+# speakers) and connected digits built from them (held-out speakers; the main real-data task).
+#   0 download  fetch the FSDD archive (only when --corpus-dir is not given)
+#   1 prepare   fsdd_iso, fsdd_spk, fsdd_conn manifests
+#   2 features  fbank (lilcom) + global CMVN stats for each task
+# Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M]
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+stage=0
+stop_stage=100
+nj=2
+corpus_dir=""
+data=$here/data
+exp=$here/exp
+. "$root/tools/parse_options.sh"
+marks=$exp/marks
+. "$root/tools/recipe.sh"
+
+if [ -z "$corpus_dir" ]; then
+  stage_run 0 download hfasr prepare fsdd --download --out "$data"
+  corpus_dir=$(ls -d "$data"/download/free-spoken-digit-dataset-* | head -1)
+fi
+stage_run 1 prepare hfasr prepare fsdd --corpus-dir "$corpus_dir" --out "$data" --config "$here/conf/prepare.yaml"
+stage_run 2 features hfasr features "$data" --task fsdd_conn fsdd_spk fsdd_iso --config "$here/conf/fbank.yaml"
+hfasr info "$data"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# hfasr recipe for the embedded synthetic AN4-style alphanumeric corpus (generated offline with
+# eSpeak NG; needs nothing but the installed package). Stages:
+#   1 prepare   synthesize train/dev/test (speaker-independent test voices) -> lhotse manifests
+#   2 features  fbank (lilcom) + global CMVN stats
+# Usage: recipes/synth/run.sh [--stage N] [--stop-stage M] [--nj J] [--data DIR]
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+stage=1
+stop_stage=100
+nj=2
+data=$here/data
+exp=$here/exp
+. "$root/tools/parse_options.sh"
+marks=$exp/marks
+. "$root/tools/recipe.sh"
+task=synth
+
+stage_run 1 prepare hfasr prepare synth --out "$data" --config "$here/conf/synth.yaml" --num-jobs "$nj"
+stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
+hfasr info "$data"

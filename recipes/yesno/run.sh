@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# hfasr recipe for Kaldi's yesno corpus (lhotse's 30/30 split). Stages:
+#   0 download  fetch waves_yesno (only when --corpus-dir is not given and not yet present)
+#   1 prepare   lhotse manifests
+#   2 features  fbank (lilcom) + global CMVN stats
+# Usage: recipes/yesno/run.sh [--corpus-dir DIR/waves_yesno] [--stage N] [--stop-stage M]
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+stage=0
+stop_stage=100
+nj=1
+corpus_dir=""
+data=$here/data
+exp=$here/exp
+. "$root/tools/parse_options.sh"
+marks=$exp/marks
+. "$root/tools/recipe.sh"
+task=yesno
+
+if [ -z "$corpus_dir" ]; then
+  corpus_dir=$here/download/waves_yesno
+  stage_run 0 download python -c "from lhotse.recipes import download_yesno; download_yesno('$here/download')"
+fi
+stage_run 1 prepare hfasr prepare yesno --corpus-dir "$corpus_dir" --out "$data"
+stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
+hfasr info "$data"
