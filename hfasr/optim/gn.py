@@ -1,0 +1,119 @@
+"""Matrix-free Gauss-Newton products G v = Jᵀ H_z J v (never forming G).
+
+The model is linearized once per CG run on the curvature batch: ``torch.func.linearize`` gives
+J v (forward mode, reusing the traced linearization), ``torch.func.vjp`` gives Jᵀ u (reverse
+mode, reusing the saved activations). Each product then costs one tangent pass plus one
+backward pass (≈1.3-1.4× a gradient on a DNN, see ``bench/gv_cost.py``).
+
+Structural damping (Martens & Sutskever 2011) for recurrent models: the model function may
+return ``(z, [a_1, ...])`` with hidden pre-activations a_i; the operator then also applies
+``μ·J_aᵀ diag(d_i) J_a`` with d_i the matching-loss Hessian of the hidden nonlinearity
+(tanh: 1 − h², sigmoid: h(1 − h)), supplied by the model as ``structural_weights``. The
+optimizer scales that term by λ (so it adapts with the damping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import linearize, vjp
+
+from hfasr.optim.curvature import OutputCurvature
+
+ModelFn = Callable[[tuple[Tensor, ...]], Tensor | tuple[Tensor, list[Tensor]]]
+
+
+def flatten(ts: Sequence[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def unflatten(v: Tensor, like: Sequence[Tensor]) -> tuple[Tensor, ...]:
+    out, o = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(v[o : o + n].view_as(t))
+        o += n
+    return tuple(out)
+
+
+class GaussNewton:
+    """G v on one curvature batch, linearized at ``params``.
+
+    Args:
+        fn: maps the parameter tuple to the outputs z (or ``(z, [a_i])`` with structural damping).
+        params: current parameter values (detached tensors), the linearization point.
+        curvature: builds the output curvature from z (called once, at the linearization point).
+        normalizer: G is divided by this (e.g. the number of frames in the batch).
+        structural_weights: callable mapping the list [a_i] (values at θ) to the list of
+            diagonal matching-loss Hessians d_i; required when ``fn`` returns hidden
+            pre-activations.
+        jvp_mode: ``"linearize"`` (default; traces once) or ``"double-vjp"`` (the double-backward
+            trick, for ops without forward-mode AD).
+    """
+
+    def __init__(
+        self,
+        fn: ModelFn,
+        params: Sequence[Tensor],
+        curvature: Callable[[Tensor], OutputCurvature],
+        normalizer: float,
+        structural_weights: Callable[[list[Tensor]], list[Tensor]] | None = None,
+        jvp_mode: str = "linearize",
+    ) -> None:
+        self.params = tuple(p.detach() for p in params)
+        self.normalizer = float(normalizer)
+        self.structural = False
+        if jvp_mode == "linearize":
+            out, self._jvp = linearize(fn, self.params)
+        elif jvp_mode == "double-vjp":
+            self._jvp = None
+        else:
+            raise ValueError(f"jvp_mode must be 'linearize' or 'double-vjp', got {jvp_mode!r}")
+        out2, self._vjp = vjp(fn, self.params)
+        if jvp_mode == "double-vjp":
+            out = out2
+        if isinstance(out, tuple):
+            z, acts = out
+            self.structural = True
+            if structural_weights is None:
+                raise ValueError("model returns hidden pre-activations but no structural_weights was given")
+            self.d = [d.detach() for d in structural_weights([a.detach() for a in acts])]
+            self._zero_acts = [torch.zeros_like(a) for a in acts]
+        else:
+            z = out
+        self.z = z.detach()
+        self.curvature = curvature(self.z)
+        self.mu = 0.0
+
+    def __call__(self, v: Tensor, structural_mu: float = 0.0) -> Tensor:
+        """G v for a flat vector v (plus μ·J_aᵀ D J_a v when structural damping is on)."""
+        vt = unflatten(v, self.params)
+        jv = self._jvp_tuple(vt)
+        if self.structural:
+            jz, ja = jv
+            cot = (self.curvature.hvp(jz), [structural_mu * d * x for d, x in zip(self.d, ja)])
+        else:
+            cot = self.curvature.hvp(jv)
+        return flatten(self._vjp(cot)[0]) / self.normalizer
+
+    def _jvp_tuple(self, vt):
+        if self._jvp is not None:
+            return self._jvp(vt)
+        return self._double_vjp_jvp(vt)
+
+    def _double_vjp_jvp(self, vt):
+        # J v = ∂/∂u ⟨Jᵀ u, v⟩ : build Jᵀ u with u requiring grad, then differentiate w.r.t. u.
+        u = torch.zeros_like(self.z, requires_grad=True)
+        with torch.enable_grad():
+            jtu = self._vjp(u)[0]
+            inner = sum((a * b).sum() for a, b in zip(jtu, vt))
+            (jv,) = torch.autograd.grad(inner, u)
+        return jv
+
+    def sample_gradient(self, generator: torch.Generator) -> Tensor:
+        """Jᵀ s with E[s sᵀ] = H_z: (Jᵀ s)² is an unbiased estimate of diag(G)·normalizer²."""
+        s = self.curvature.sample(generator)
+        cot = (s, [torch.zeros_like(a) for a in self._zero_acts]) if self.structural else s
+        return flatten(self._vjp(cot)[0])

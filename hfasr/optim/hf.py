@@ -1,0 +1,334 @@
+"""The Hessian-free optimizer (truncated Newton with Gauss-Newton curvature), Martens 2010.
+
+One :meth:`HessianFree.step` is one HF update:
+
+1. mean loss and gradient g on the *gradient data* (the objective decides: whole set, subset,
+   or a stochastic-average combination);
+2. a curvature batch (sampled by the objective with the optimizer's generator) and its
+   linearization :class:`~hfasr.optim.gn.GaussNewton`;
+3. preconditioned CG on ``(G + λI + ηI [+ λμ S]) p = −g`` from ``ζ·p_prev`` with Martens'
+   stopping rule, iterates stored at ⌈5·1.3^j⌉;
+4. CG-backtracking over the stored iterates (gradient data or held-out data);
+5. reduction ratio ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) with damping off in q, on the curvature
+   batch, the gradient data or held-out data; Levenberg-Marquardt: ρ < ¼ → λ·3/2, ρ > ¾ → λ·2/3;
+6. Armijo line search (c = 10⁻², α ← 0.8α) as a safeguard; the step is rejected if it fails.
+
+The optimizer knows nothing of speech: an :class:`HFObjective` supplies losses, gradients and the
+curvature batch. Everything needed to resume exactly (λ, the warm-start direction, the RNG
+state, counters) is in :meth:`HessianFree.state_dict`. Each update logs one grep-able line
+starting with ``hf-update``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+from hfasr.optim.cg import pcg
+from hfasr.optim.gn import GaussNewton, flatten, unflatten
+
+log = logging.getLogger(__name__)
+
+Role = Literal["gradient", "curvature", "heldout"]
+
+
+@dataclass
+class HFConfig:
+    """Hyper-parameters of :class:`HessianFree` (defaults from Martens' code, digest §1/§15.5)."""
+
+    damping: float = 1.0  # initial λ (G is normalised per frame/case; Martens' 45 was per case of an autoencoder)
+    damping_min: float = 1e-8  # λ is kept in [damping_min, damping_max]
+    damping_max: float = 1e8
+    lm_boost: float = 1.5  # λ ← λ·boost when ρ < rho_low (or the step is rejected)
+    lm_drop: float = 2.0 / 3.0  # λ ← λ·drop when ρ > rho_high
+    rho_low: float = 0.25
+    rho_high: float = 0.75
+    cg_max_iters: int = 250  # Martens' ICML value; 50-150 are common for speed
+    cg_min_iters: int = 1
+    cg_tol: float = 5e-4  # ε of the quadratic-progress stopping rule
+    warm_start: float = 0.95  # ζ: CG starts from ζ × the previous update's last CG iterate
+    backtracking: bool = True  # CG-backtracking over stored iterates
+    line_search: bool = True  # Armijo line search
+    armijo_c: float = 1e-2
+    ls_shrink: float = 0.8
+    ls_max: int = 20  # reductions before the step is rejected
+    preconditioner: Literal["none", "martens", "chapelle-erhan"] = "martens"
+    precond_power: float = 0.75  # M = (diag + λ + η)^power
+    precond_samples: int = 1  # Chapelle-Erhan: random backward passes per update
+    l2: float = 0.0  # η: L2 weight cost added to the objective (and to the curvature)
+    structural_damping: float = 0.0  # μ (RNNs): adds λμ J_aᵀ D J_a to the curvature
+    rho_data: Literal["curvature", "gradient", "heldout"] = "curvature"
+    backtrack_data: Literal["gradient", "heldout"] = "gradient"
+    linesearch_data: Literal["gradient", "heldout"] = "gradient"
+    seed: int = 0  # seeds the generator handed to the objective (curvature sampling, preconditioner)
+
+
+class HFObjective(Protocol):
+    """What :class:`HessianFree` needs from a problem; losses are means (per frame or case)."""
+
+    def gradient(self, generator: torch.Generator) -> tuple[float, Tensor, Tensor | None]:
+        """(mean loss, flat mean gradient, flat mean of per-example squared gradients or None)."""
+        ...
+
+    def curvature(self, generator: torch.Generator) -> GaussNewton:
+        """Sample the curvature batch and linearize the model on it at the current parameters."""
+        ...
+
+    def loss(self, role: Role) -> float:
+        """Mean loss at the current parameters on the gradient / curvature / held-out data."""
+        ...
+
+
+@dataclass
+class HFStats:
+    """Diagnostics of one update (also the fields of the ``hf-update`` log line)."""
+
+    update: int
+    loss_before: float
+    loss_after: float
+    rho: float
+    damping_before: float
+    damping_after: float
+    cg_iters: int
+    cg_stop: str
+    chosen_iter: int  # CG iterate chosen by backtracking
+    alpha: float  # line-search step size (0: rejected)
+    accepted: bool
+    g_dot_p: float
+    heldout_before: float | None = None
+    heldout_after: float | None = None
+    seconds: float = 0.0
+    products: int = 0  # G v products (CG + ρ + preconditioner samples)
+    evals: dict = field(default_factory=dict)  # loss evaluations per role
+
+    def line(self) -> str:
+        ho = "" if self.heldout_after is None else f" heldout {self.heldout_before:.6g}->{self.heldout_after:.6g}"
+        return (
+            f"hf-update {self.update} loss {self.loss_before:.6g}->{self.loss_after:.6g}{ho} rho {self.rho:.4g} "
+            f"lambda {self.damping_before:.4g}->{self.damping_after:.4g} cg {self.cg_iters} ({self.cg_stop}) "
+            f"chosen {self.chosen_iter} alpha {self.alpha:.4g} gTp {self.g_dot_p:.4g} "
+            f"{'accepted' if self.accepted else 'rejected'} Gv {self.products} time {self.seconds:.2f}s"
+        )
+
+
+def levenberg_marquardt(lam: float, rho: float, cfg: HFConfig) -> float:
+    """New damping from the reduction ratio: ρ < ¼ (or NaN, or a rejected step) → λ·3/2; ρ > ¾ → λ·2/3."""
+    if math.isnan(rho) or rho < cfg.rho_low:
+        return min(lam * cfg.lm_boost, cfg.damping_max)
+    if rho > cfg.rho_high:
+        return max(lam * cfg.lm_drop, cfg.damping_min)
+    return lam
+
+
+def backtrack(f: Callable[[int], float], last: int) -> int:
+    """CG-backtracking: from stored iterate ``last`` move to earlier ones while ``f`` decreases."""
+    j, fj = last, f(last)
+    while j > 0:
+        fprev = f(j - 1)
+        if fprev < fj:
+            j, fj = j - 1, fprev
+        else:
+            break
+    return j
+
+
+class HessianFree(torch.optim.Optimizer):
+    """Hessian-free optimizer with ``torch.optim``'s shape (``param_groups``, ``state_dict``).
+
+    Usage::
+
+        opt = HessianFree(model.parameters(), HFConfig(damping=1.0))
+        for update in range(n):
+            stats = opt.step(objective)      # objective: an HFObjective over the same model
+    """
+
+    def __init__(self, params, config: HFConfig | None = None) -> None:
+        self.config = config or HFConfig()
+        super().__init__(params, asdict(self.config))
+        self.params: list[Tensor] = [p for g in self.param_groups for p in g["params"]]
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.damping = self.config.damping
+        self.prev_direction: Tensor | None = None
+        self.updates = 0
+        self.history: list[HFStats] = []
+
+    # ----------------------------------------------------------------------- parameters
+    def _get(self) -> Tensor:
+        return flatten([p.detach() for p in self.params]).clone()
+
+    @torch.no_grad()
+    def _set(self, flat: Tensor) -> None:
+        for p, v in zip(self.params, unflatten(flat, self.params)):
+            p.copy_(v)
+
+    def _loss_at(self, theta: Tensor, x: Tensor, role: Role, obj: HFObjective, counts: dict) -> float:
+        self._set(theta + x)
+        f = obj.loss(role)
+        counts[role] = counts.get(role, 0) + 1
+        if self.config.l2:
+            f += 0.5 * self.config.l2 * float((theta + x).pow(2).sum())
+        return f if math.isfinite(f) else math.inf
+
+    # ----------------------------------------------------------------------- the update
+    def step(self, objective: HFObjective) -> HFStats:  # type: ignore[override]
+        cfg = self.config
+        t0 = time.perf_counter()
+        counts: dict = {}
+        theta = self._get()
+        eta = cfg.l2
+        loss0, g, g2 = objective.gradient(self.generator)
+        if not math.isfinite(loss0) or not torch.isfinite(g).all():
+            raise FloatingPointError(f"HF update {self.updates + 1}: non-finite loss/gradient at the current parameters ({loss0})")
+        if eta:
+            loss0 += 0.5 * eta * float(theta.pow(2).sum())
+            g = g + eta * theta
+        lam = self.damping
+        gn = objective.curvature(self.generator)
+        products = 0
+        mu = cfg.structural_damping
+
+        def A(v: Tensor) -> Tensor:
+            nonlocal products
+            products += 1
+            return gn(v, lam * mu) + (lam + eta) * v
+
+        precond = self._preconditioner(gn, g2, lam, eta)
+        if cfg.preconditioner == "chapelle-erhan":
+            products += cfg.precond_samples
+        x0 = None if self.prev_direction is None else cfg.warm_start * self.prev_direction
+        cg = pcg(A, -g, x0=x0, precond=precond, max_iters=cfg.cg_max_iters, min_iters=cfg.cg_min_iters, tol=cfg.cg_tol)
+        finite = torch.isfinite(cg.x).all() and cg.stop != "non_finite"
+        heldout_before = None
+        needs_heldout = "heldout" in (cfg.rho_data, cfg.backtrack_data, cfg.linesearch_data)
+        if needs_heldout:
+            heldout_before = self._loss_at(theta, torch.zeros_like(theta), "heldout", objective, counts)
+        if not finite:
+            self._set(theta)
+            return self._finish(
+                HFStats(self.updates + 1, loss0, loss0, -math.inf, lam, self._boost(lam), cg.iters, "non_finite",
+                        0, 0.0, False, 0.0, heldout_before, heldout_before), t0, products, counts, reset=True)
+        self.prev_direction = cg.x.detach().clone()
+
+        # CG-backtracking: from the last stored iterate back while the objective decreases.
+        cache: dict[tuple[str, int], float] = {}
+
+        def f_iter(j: int, role: Role) -> float:
+            key = (role, j)
+            if key not in cache:
+                cache[key] = self._loss_at(theta, cg.iterates[j][1], role, objective, counts)
+            return cache[key]
+
+        j = len(cg.iterates) - 1
+        if cfg.backtracking:
+            j = backtrack(lambda i: f_iter(i, cfg.backtrack_data), j)
+        chosen_iter, p = cg.iterates[j]
+        gp = float(torch.dot(g, p))
+
+        # Reduction ratio with damping off in the model (Martens).
+        Gp = gn(p) + eta * p
+        products += 1
+        denom = 0.5 * float(torch.dot(p, Gp)) + gp
+        if cfg.rho_data == "gradient":
+            f_r0 = loss0
+        elif cfg.rho_data == "heldout":
+            f_r0 = heldout_before
+        else:
+            f_r0 = self._loss_at(theta, torch.zeros_like(theta), "curvature", objective, counts)
+        f_r1 = f_iter(j, cfg.rho_data) if cfg.rho_data != "curvature" else self._loss_at(theta, p, "curvature", objective, counts)
+        if not math.isfinite(f_r1) or f_r1 > f_r0 or denom >= 0:
+            rho = -math.inf
+        else:
+            rho = (f_r1 - f_r0) / denom
+
+        # Armijo line search.
+        ls_role: Role = cfg.linesearch_data
+        f0 = loss0 if ls_role == "gradient" else heldout_before
+        alpha = 1.0
+        accepted = True
+        if cfg.line_search:
+            fa = f_iter(j, ls_role)
+            k = 0
+            while not (fa <= f0 + cfg.armijo_c * alpha * gp):
+                k += 1
+                if k > cfg.ls_max or gp >= 0:
+                    alpha, accepted = 0.0, False
+                    break
+                alpha *= cfg.ls_shrink
+                fa = self._loss_at(theta, alpha * p, ls_role, objective, counts)
+        else:
+            fa = f_iter(j, "gradient")
+            if not math.isfinite(fa):
+                alpha, accepted = 0.0, False
+
+        new_lam = levenberg_marquardt(lam, rho if accepted else -math.inf, cfg)
+        if accepted:
+            loss_after = fa if ls_role == "gradient" else self._loss_at(theta, alpha * p, "gradient", objective, counts)
+            heldout_after = fa if ls_role == "heldout" else (
+                self._loss_at(theta, alpha * p, "heldout", objective, counts) if needs_heldout else None)
+        else:
+            loss_after, heldout_after = loss0, heldout_before
+        self._set(theta + alpha * p)
+        stats = HFStats(self.updates + 1, loss0, loss_after, rho, lam, new_lam, cg.iters, cg.stop, chosen_iter,
+                        alpha, accepted, gp, heldout_before, heldout_after)
+        self.damping = new_lam
+        return self._finish(stats, t0, products, counts)
+
+    def _boost(self, lam: float) -> float:
+        return levenberg_marquardt(lam, -math.inf, self.config)
+
+    def _finish(self, stats: HFStats, t0: float, products: int, counts: dict, reset: bool = False) -> HFStats:
+        if reset:
+            self.damping = stats.damping_after
+            self.prev_direction = None
+        stats.seconds = time.perf_counter() - t0
+        stats.products = products
+        stats.evals = dict(counts)
+        self.updates += 1
+        self.history.append(stats)
+        log.info(stats.line())
+        return stats
+
+    def _preconditioner(self, gn: GaussNewton, g2: Tensor | None, lam: float, eta: float) -> Tensor | None:
+        cfg = self.config
+        if cfg.preconditioner == "none":
+            return None
+        if cfg.preconditioner == "martens":
+            if g2 is None:
+                raise ValueError("preconditioner 'martens' needs per-example squared gradients from the objective")
+            diag = g2
+        elif cfg.preconditioner == "chapelle-erhan":
+            acc = None
+            for _ in range(cfg.precond_samples):
+                s = gn.sample_gradient(self.generator)
+                acc = s * s if acc is None else acc + s * s
+            diag = acc / (cfg.precond_samples * gn.normalizer)
+        else:
+            raise ValueError(f"unknown preconditioner {cfg.preconditioner!r}")
+        return (diag + lam + eta).pow(cfg.precond_power)
+
+    # ----------------------------------------------------------------------- state
+    def state_dict(self) -> dict:  # type: ignore[override]
+        return {
+            "config": asdict(self.config),
+            "damping": self.damping,
+            "prev_direction": None if self.prev_direction is None else self.prev_direction.clone(),
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+            "history": [asdict(h) for h in self.history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:  # type: ignore[override]
+        self.damping = float(state["damping"])
+        pd = state["prev_direction"]
+        self.prev_direction = None if pd is None else pd.clone()
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"])
+        self.history = [HFStats(**h) for h in state.get("history", [])]
+

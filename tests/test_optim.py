@@ -1,0 +1,308 @@
+"""HF optimizer core: exact G v, CG, stopping rule, backtracking, damping, one-step exactness, resume."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from hfasr.optim import GaussNewton, HessianFree, HFConfig, SoftmaxFisher, SquaredError, TensorObjective, pcg, softmax_ce
+from hfasr.optim.cg import should_stop, storage_schedule
+from hfasr.optim.gn import flatten
+from hfasr.optim.hf import backtrack, levenberg_marquardt
+
+
+class TinyRNN(nn.Module):
+    """Explicit tanh RNN (B, T, D) -> logits (B, T, K); optionally returns pre-activations."""
+
+    def __init__(self, d=3, h=4, k=3, structural=False):
+        super().__init__()
+        self.inp = nn.Linear(d, h)
+        self.rec = nn.Linear(h, h, bias=False)
+        self.out = nn.Linear(h, k)
+        self.structural = structural
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], self.rec.in_features, dtype=x.dtype)
+        outs, pre = [], []
+        for t in range(x.shape[1]):
+            a = self.inp(x[:, t]) + self.rec(h)
+            h = torch.tanh(a)
+            pre.append(a)
+            outs.append(self.out(h))
+        z = torch.stack(outs, 1)
+        return (z, [torch.stack(pre, 1)]) if self.structural else z
+
+
+def _explicit_gn(model, x, curv_matrix_fn, normalizer):
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+
+    def fn(flat):
+        ps, o = [], 0
+        for p in params:
+            ps.append(flat[o : o + p.numel()].view_as(p))
+            o += p.numel()
+        out = functional_call(model, dict(zip(names, ps)), (x,))
+        return out[0] if isinstance(out, tuple) else out
+
+    theta = flatten(params)
+    z = fn(theta)
+    J = jacrev(fn)(theta).reshape(z.numel(), -1)
+    H = curv_matrix_fn(z)
+    return J.T @ H @ J / normalizer, z
+
+
+def _softmax_block(z):
+    y = torch.softmax(z, -1).reshape(-1, z.shape[-1])
+    blocks = [torch.diag(r) - torch.outer(r, r) for r in y]
+    return torch.block_diag(*blocks)
+
+
+@pytest.mark.parametrize("kind", ["dnn", "rnn"])
+@pytest.mark.parametrize("mode", ["linearize", "double-vjp"])
+def test_gv_equals_explicit(kind, mode):
+    torch.manual_seed(0)
+    if kind == "dnn":
+        model = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).double()
+        x = torch.randn(7, 4, dtype=torch.float64)
+    else:
+        model = TinyRNN().double()
+        x = torch.randn(2, 5, 3, dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    G, z = _explicit_gn(model, x, _softmax_block, normalizer=11.0)
+    gn = GaussNewton(lambda ps: functional_call(model, dict(zip(names, ps)), (x,)), params, lambda zz: SoftmaxFisher(zz),
+                     normalizer=11.0, jvp_mode=mode)
+    for _ in range(3):
+        v = torch.randn(G.shape[0], dtype=torch.float64)
+        assert torch.allclose(gn(v), G @ v, atol=1e-10, rtol=1e-6)
+    # PSD and symmetric
+    u, v = torch.randn(2, G.shape[0], dtype=torch.float64)
+    assert abs(float(u @ gn(v) - v @ gn(u))) < 1e-10
+    assert float(v @ gn(v)) >= -1e-12
+
+
+def test_structural_damping_term():
+    torch.manual_seed(1)
+    model = TinyRNN(structural=True).double()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+    theta = flatten(params)
+
+    def split(flat):
+        ps, o = [], 0
+        for p in params:
+            ps.append(flat[o : o + p.numel()].view_as(p))
+            o += p.numel()
+        return dict(zip(names, ps))
+
+    z, (a,) = functional_call(model, split(theta), (x,))
+    Jz = jacrev(lambda f: functional_call(model, split(f), (x,))[0])(theta).reshape(z.numel(), -1)
+    Ja = jacrev(lambda f: functional_call(model, split(f), (x,))[1][0])(theta).reshape(a.numel(), -1)
+    D = torch.diag((1 - torch.tanh(a) ** 2).reshape(-1))
+    mu = 0.3
+    G = (Jz.T @ _softmax_block(z) @ Jz + mu * Ja.T @ D @ Ja) / 5.0
+    gn = GaussNewton(lambda ps: functional_call(model, dict(zip(names, ps)), (x,)), params, lambda zz: SoftmaxFisher(zz),
+                     normalizer=5.0, structural_weights=lambda acts: [1 - torch.tanh(acts[0]) ** 2])
+    v = torch.randn(theta.numel(), dtype=torch.float64)
+    assert torch.allclose(gn(v, mu), G @ v, atol=1e-10, rtol=1e-6)
+
+
+def test_softmax_fisher_sample_unbiased():
+    torch.manual_seed(0)
+    z = torch.randn(3, 4, dtype=torch.float64)
+    c = SoftmaxFisher(z)
+    H = _softmax_block(z)
+    gen = torch.Generator().manual_seed(0)
+    acc = torch.zeros_like(H)
+    n = 20000
+    for _ in range(n):
+        s = c.sample(gen).reshape(-1)
+        acc += torch.outer(s, s)
+    assert torch.allclose(acc / n, H, atol=0.02)
+
+
+def test_chapelle_erhan_diag_estimate():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    G, _ = _explicit_gn(model, x, _softmax_block, normalizer=6.0)
+    gn = GaussNewton(lambda ps: functional_call(model, dict(zip(names, ps)), (x,)), params, SoftmaxFisher, normalizer=6.0)
+    gen = torch.Generator().manual_seed(1)
+    n = 4000
+    est = sum(gn.sample_gradient(gen) ** 2 for _ in range(n)) / (n * 6.0)
+    assert torch.allclose(est, torch.diag(G), atol=0.1 * float(torch.diag(G).max()))
+
+
+def test_cg_matches_solve():
+    torch.manual_seed(0)
+    for precond in (False, True):
+        Q = torch.randn(30, 30, dtype=torch.float64)
+        A = Q @ Q.T + 0.5 * torch.eye(30, dtype=torch.float64)
+        b = torch.randn(30, dtype=torch.float64)
+        M = torch.diag(A) if precond else None
+        res = pcg(lambda v: A @ v, b, precond=M, max_iters=200, tol=1e-14)
+        assert torch.allclose(res.x, torch.linalg.solve(A, b), atol=1e-8)
+        # φ is the quadratic's value at each iterate, decreasing monotonically
+        assert all(p2 <= p1 + 1e-12 for p1, p2 in zip(res.phis, res.phis[1:]))
+        xs = res.x
+        assert res.phis[-1] == pytest.approx(float(0.5 * xs @ A @ xs - b @ xs), rel=1e-9)
+
+
+def test_cg_warm_start_and_storage():
+    torch.manual_seed(0)
+    Q = torch.randn(40, 40, dtype=torch.float64)
+    A = Q @ Q.T + torch.eye(40, dtype=torch.float64)
+    b = torch.randn(40, dtype=torch.float64)
+    x_star = torch.linalg.solve(A, b)
+    res = pcg(lambda v: A @ v, b, x0=0.95 * x_star, max_iters=3)
+    assert float(torch.norm(res.x - x_star)) < 0.05 * float(torch.norm(x_star))
+    res = pcg(lambda v: A @ v, b, max_iters=20, tol=0.0)
+    assert [i for i, _ in res.iterates] == [5, 7, 9, 11, 15, 19, 20]
+    assert storage_schedule(40) == [5, 7, 9, 11, 15, 19, 25, 32]
+
+
+def test_stopping_rule_hand_sequences():
+    # k = max(10, ceil(0.1 i)); stop when φ_{i-k} < 0 and (φ_i − φ_{i−k})/φ_i < k·tol
+    flat = [-1.0] * 30
+    assert not should_stop(flat, 10, 5e-4)  # i must exceed k
+    assert should_stop(flat, 11, 5e-4)  # no progress over 10 iterations
+    steady = [-float(i) for i in range(1, 31)]  # progress 10/φ_i, large relative to 10·tol
+    assert not should_stop(steady, 20, 5e-4)
+    slow = [-100.0 - 0.001 * i for i in range(1, 31)]  # relative progress 1e-4·… < k·tol
+    assert should_stop(slow, 15, 5e-4)
+    pos = [1.0] * 30  # φ_{i-k} ≥ 0: never stop
+    assert not should_stop(pos, 25, 5e-4)
+    assert not should_stop(flat, 11, 5e-4, min_iters=20)
+
+
+def test_backtracking_hand_made():
+    vals = [5.0, 3.0, 2.0, 2.5, 4.0]  # f at stored iterates 0..4
+    assert backtrack(lambda j: vals[j], 4) == 2
+    assert backtrack(lambda j: [1.0, 2.0, 3.0][j], 2) == 0
+    assert backtrack(lambda j: [3.0, 2.0, 1.0][j], 2) == 2
+
+
+def test_damping_updates():
+    cfg = HFConfig()
+    assert levenberg_marquardt(1.0, 0.1, cfg) == pytest.approx(1.5)
+    assert levenberg_marquardt(1.0, 0.5, cfg) == 1.0
+    assert levenberg_marquardt(1.0, 0.9, cfg) == pytest.approx(2 / 3)
+    assert levenberg_marquardt(1.0, float("nan"), cfg) == pytest.approx(1.5)
+    assert levenberg_marquardt(1.0, -math.inf, cfg) == pytest.approx(1.5)
+    assert levenberg_marquardt(cfg.damping_max, 0.0, cfg) == cfg.damping_max
+
+
+def _linear_problem(n=200, d=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(d, 1, generator=g, dtype=torch.float64)
+    Y = X @ w + 0.1 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    return X, Y
+
+
+def _se(out, t):
+    return 0.5 * ((out - t) ** 2).sum(), int(t.shape[0])
+
+
+def test_one_update_minimizes_quadratic_exactly():
+    X, Y = _linear_problem()
+    model = nn.Linear(6, 1).double()
+    obj = TensorObjective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
+    cfg = HFConfig(damping=1e-10, damping_min=1e-12, cg_max_iters=100, cg_tol=1e-12, preconditioner="none", backtracking=True)
+    opt = HessianFree(model.parameters(), cfg)
+    st = opt.step(obj)
+    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=torch.float64)], 1)
+    sol = torch.linalg.lstsq(Xa, Y).solution.reshape(-1)
+    got = torch.cat([model.weight.reshape(-1), model.bias.reshape(-1)]).detach()
+    assert torch.allclose(got, sol, atol=1e-8)
+    assert st.accepted and st.alpha == 1.0 and st.rho == pytest.approx(1.0, abs=1e-6)
+
+
+def _classification(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(1200, 8, generator=g)
+    W = torch.randn(8, 4, generator=g) * 2
+    y = (X @ W + 0.3 * torch.randn(1200, 4, generator=g)).argmax(1)
+    return X, y
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 4))
+
+
+@pytest.mark.parametrize("precond", ["none", "martens", "chapelle-erhan"])
+def test_hf_trains_softmax_mlp(precond):
+    X, y = _classification()
+    model = _mlp()
+    obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[:1000], y[:1000]), heldout=(X[1000:], y[1000:]),
+                          curvature_fraction=0.2, chunk_size=250)
+    opt = HessianFree(model.parameters(), HFConfig(cg_max_iters=40, preconditioner=precond, rho_data="heldout", backtrack_data="heldout"))
+    first = obj.loss("gradient")
+    for _ in range(6):
+        st = opt.step(obj)
+    assert obj.loss("gradient") < 0.7 * first
+    assert st.heldout_after is not None and st.heldout_after < st.heldout_before + 0.05
+
+
+def test_resume_is_bit_identical():
+    X, y = _classification(1)
+
+    def make():
+        model = _mlp(3)
+        obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y), curvature_fraction=0.1, chunk_size=300)
+        opt = HessianFree(model.parameters(), HFConfig(cg_max_iters=30, preconditioner="chapelle-erhan", seed=7))
+        return model, obj, opt
+
+    model, obj, opt = make()
+    for _ in range(4):
+        opt.step(obj)
+    full = [p.detach().clone() for p in model.parameters()]
+
+    model, obj, opt = make()
+    for _ in range(2):
+        opt.step(obj)
+    ckpt = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})
+    del model, obj, opt  # "kill"
+    model, obj, opt = make()
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    for _ in range(2):
+        opt.step(obj)
+    assert all(torch.equal(a, b) for a, b in zip(full, model.parameters()))
+    assert opt.updates == 4
+
+
+class _NanCurvature(SoftmaxFisher):
+    def hvp(self, u):
+        return super().hvp(u) * float("nan")
+
+
+def test_non_finite_curvature_rejects_step():
+    X, y = _classification()
+    model = _mlp()
+    obj = TensorObjective(model, softmax_ce, lambda z, t: _NanCurvature(z), (X, y), curvature_fraction=0.1)
+    opt = HessianFree(model.parameters(), HFConfig(damping=2.0, preconditioner="none"))
+    before = [p.detach().clone() for p in model.parameters()]
+    st = opt.step(obj)
+    assert not st.accepted and st.damping_after == pytest.approx(3.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_non_finite_loss_raises():
+    X, y = _classification()
+    X = X.clone()
+    X[0, 0] = float("nan")
+    model = _mlp()
+    obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        HessianFree(model.parameters()).step(obj)
