@@ -306,3 +306,55 @@ def test_non_finite_loss_raises():
     obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y))
     with pytest.raises(FloatingPointError, match="non-finite"):
         HessianFree(model.parameters()).step(obj)
+
+
+def _subset_setup(reuse: str, seed=5):
+    from hfasr.optim import SubsetObjective
+
+    X, y = _classification(seed)
+    model = _mlp(seed)
+    parts = [TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[i:1000:4], y[i:1000:4]), curvature_fraction=0.3)
+             for i in range(4)]
+    held = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[1000:], y[1000:]))
+    obj = SubsetObjective(parts, held)
+    cfg = HFConfig(cg_max_iters=30, gradient_reuse=reuse, rho_data="heldout", backtrack_data="heldout", linesearch_data="heldout")
+    return model, obj, HessianFree(model.parameters(), cfg), parts
+
+
+def test_sag_combines_stored_gradients():
+    model, obj, opt, parts = _subset_setup("sag")
+    gen = torch.Generator().manual_seed(0)
+    for k in range(3):
+        opt.step(obj)
+        assert opt.history[-1].subset == k
+    assert sorted(opt.stored_gradients) == [0, 1, 2]
+    # the 4th update: SAG = mean of the 3 stored + the fresh gradient of subset 3
+    obj.begin_update(3)
+    _, g3, _ = parts[3].gradient(gen)
+    expect = (sum(opt.stored_gradients.values()) + g3) / 4
+    got, w = opt._combine_gradients(obj, g3)
+    assert w == 0.25 and torch.allclose(got, expect)
+
+
+def test_dynamic_weights_follow_heldout_and_resume():
+    model, obj, opt, _ = _subset_setup("dynamic")
+    for _ in range(6):
+        opt.step(obj)
+    h = opt.history
+    assert all(1 / 4 - 1e-9 <= s.fresh_weight <= 1.0 for s in h)
+    for prev, cur in zip(h[1:], h[2:]):  # weight moves up after a worse held-out loss, down after a better one
+        worse = (not prev.accepted) or prev.heldout_after > prev.heldout_before
+        S = min(prev.update, 4)
+        if worse:
+            assert cur.fresh_weight >= min(1.0, prev.fresh_weight) - 1e-12
+        else:
+            assert cur.fresh_weight <= prev.fresh_weight + 1e-12 or cur.fresh_weight == pytest.approx(1 / S)
+    sd = copy.deepcopy(opt.state_dict())
+    state_model = copy.deepcopy(model.state_dict())
+    opt.step(obj)
+    after = [p.detach().clone() for p in model.parameters()]
+    model2, obj2, opt2, _ = _subset_setup("dynamic")
+    model2.load_state_dict(state_model)
+    opt2.load_state_dict(sd)
+    opt2.step(obj2)
+    assert all(torch.equal(a, b) for a, b in zip(after, model2.parameters()))

@@ -68,6 +68,13 @@ class HFConfig:
     backtrack_data: Literal["gradient", "heldout"] = "gradient"
     linesearch_data: Literal["gradient", "heldout"] = "gradient"
     seed: int = 0  # seeds the generator handed to the objective (curvature sampling, preconditioner)
+    # Reuse across successive data subsets (Dognin & Goel 2013 / US9483728B2); the objective
+    # tells which subset its gradient came from through its ``subset`` attribute.
+    gradient_reuse: Literal["none", "sag", "dynamic"] = "none"  # combine stored per-subset gradients
+    reuse_warm_start: bool = True  # False: CG starts from 0 every update
+    reuse_damping: bool = True  # False: λ is reset to `damping` every update
+    dsag_boost: float = 1.5  # dynamic weighting: fresh-gradient weight ×boost when held-out loss rose
+    dsag_drop: float = 2.0 / 3.0  # ... ×drop when it fell (bounded below by the SAG weight 1/S)
 
 
 class HFObjective(Protocol):
@@ -107,6 +114,8 @@ class HFStats:
     seconds: float = 0.0
     products: int = 0  # G v products (CG + ρ + preconditioner samples)
     evals: dict = field(default_factory=dict)  # loss evaluations per role
+    subset: int | None = None  # subset whose fresh gradient was used
+    fresh_weight: float = 1.0  # weight of the fresh gradient in the combined one
 
     def line(self) -> str:
         ho = "" if self.heldout_after is None else f" heldout {self.heldout_before:.6g}->{self.heldout_after:.6g}"
@@ -115,6 +124,7 @@ class HFStats:
             f"lambda {self.damping_before:.4g}->{self.damping_after:.4g} cg {self.cg_iters} ({self.cg_stop}) "
             f"chosen {self.chosen_iter} alpha {self.alpha:.4g} gTp {self.g_dot_p:.4g} "
             f"{'accepted' if self.accepted else 'rejected'} Gv {self.products} time {self.seconds:.2f}s"
+            + ("" if self.subset is None else f" subset {self.subset} w {self.fresh_weight:.3g}")
         )
 
 
@@ -158,6 +168,50 @@ class HessianFree(torch.optim.Optimizer):
         self.prev_direction: Tensor | None = None
         self.updates = 0
         self.history: list[HFStats] = []
+        self.stored_gradients: dict[int, Tensor] = {}
+        self.fresh_weight: float | None = None  # dynamic weighting state
+        self._subset: int | None = None
+
+    # ----------------------------------------------------------------------- subset reuse
+    def _combine_gradients(self, objective: HFObjective, g: Tensor) -> tuple[Tensor, float]:
+        """Stochastic-average gradient over subsets (plain SAG or dynamically weighted).
+
+        With S subsets seen so far and fresh gradient g_s of subset s:
+        - ``sag``: ĝ = (1/S) Σ_j g_j (the last gradient stored for every subset);
+        - ``dynamic``: ĝ = w·g_s + (1 − w)·mean_{j≠s} g_j, with w starting at 1/S (= SAG) and
+          adapted after every update from the held-out loss change of that update (see
+          :meth:`_adapt_weight`).
+        """
+        self._subset = getattr(objective, "subset", None)
+        if self.config.gradient_reuse == "none" or self._subset is None:
+            return g, 1.0
+        self.stored_gradients[self._subset] = g.detach().clone()
+        S = len(self.stored_gradients)
+        if S == 1:
+            return g, 1.0
+        if self.config.gradient_reuse == "sag":
+            return sum(self.stored_gradients.values()) / S, 1.0 / S
+        if self.fresh_weight is None:
+            self.fresh_weight = 1.0 / S
+        w = min(1.0, max(self.fresh_weight, 1.0 / S))
+        others = [v for k, v in self.stored_gradients.items() if k != self._subset]
+        return w * g + (1 - w) * (sum(others) / len(others)), w
+
+    def _adapt_weight(self, stats: HFStats) -> None:
+        """Dynamic rule (our reading of US9483728B2 claim 3): compare the held-out loss after and
+        before the update; if it rose (or the step was rejected), stale gradients misled the
+        step, so the fresh gradient's weight w is multiplied by ``dsag_boost`` (≤ 1); if it fell,
+        w is multiplied by ``dsag_drop`` (≥ 1/S), leaning on the average over more data."""
+        stats.subset = self._subset
+        if self.config.gradient_reuse != "dynamic" or self.fresh_weight is None:
+            return
+        S = max(1, len(self.stored_gradients))
+        worse = (not stats.accepted) or (stats.heldout_after is not None and stats.heldout_before is not None
+                                         and stats.heldout_after > stats.heldout_before)
+        if stats.heldout_after is None and stats.accepted:
+            worse = stats.loss_after > stats.loss_before
+        w = self.fresh_weight * (self.config.dsag_boost if worse else self.config.dsag_drop)
+        self.fresh_weight = min(1.0, max(w, 1.0 / S))
 
     # ----------------------------------------------------------------------- parameters
     def _get(self) -> Tensor:
@@ -183,12 +237,18 @@ class HessianFree(torch.optim.Optimizer):
         counts: dict = {}
         theta = self._get()
         eta = cfg.l2
+        if hasattr(objective, "begin_update"):
+            objective.begin_update(self.updates)  # e.g. choose this update's data subset
         loss0, g, g2 = objective.gradient(self.generator)
         if not math.isfinite(loss0) or not torch.isfinite(g).all():
             raise FloatingPointError(f"HF update {self.updates + 1}: non-finite loss/gradient at the current parameters ({loss0})")
+        g_fresh = g
+        g, w_used = self._combine_gradients(objective, g)
         if eta:
             loss0 += 0.5 * eta * float(theta.pow(2).sum())
             g = g + eta * theta
+        if not cfg.reuse_damping:
+            self.damping = cfg.damping
         lam = self.damping
         gn = objective.curvature(self.generator)
         products = 0
@@ -202,7 +262,7 @@ class HessianFree(torch.optim.Optimizer):
         precond = self._preconditioner(gn, g2, lam, eta)
         if cfg.preconditioner == "chapelle-erhan":
             products += cfg.precond_samples
-        x0 = None if self.prev_direction is None else cfg.warm_start * self.prev_direction
+        x0 = None if self.prev_direction is None or not cfg.reuse_warm_start else cfg.warm_start * self.prev_direction
         cg = pcg(A, -g, x0=x0, precond=precond, max_iters=cfg.cg_max_iters, min_iters=cfg.cg_min_iters, tol=cfg.cg_tol)
         finite = torch.isfinite(cg.x).all() and cg.stop != "non_finite"
         heldout_before = None
@@ -278,6 +338,9 @@ class HessianFree(torch.optim.Optimizer):
         stats = HFStats(self.updates + 1, loss0, loss_after, rho, lam, new_lam, cg.iters, cg.stop, chosen_iter,
                         alpha, accepted, gp, heldout_before, heldout_after)
         self.damping = new_lam
+        stats.fresh_weight = w_used
+        self._adapt_weight(stats)
+        del g_fresh
         return self._finish(stats, t0, products, counts)
 
     def _boost(self, lam: float) -> float:
@@ -322,6 +385,8 @@ class HessianFree(torch.optim.Optimizer):
             "updates": self.updates,
             "generator": self.generator.get_state(),
             "history": [asdict(h) for h in self.history],
+            "stored_gradients": {k: v.clone() for k, v in self.stored_gradients.items()},
+            "fresh_weight": self.fresh_weight,
         }
 
     def load_state_dict(self, state: dict) -> None:  # type: ignore[override]
@@ -331,4 +396,6 @@ class HessianFree(torch.optim.Optimizer):
         self.updates = int(state["updates"])
         self.generator.set_state(state["generator"])
         self.history = [HFStats(**h) for h in state.get("history", [])]
+        self.stored_gradients = {int(k): v.clone() for k, v in state.get("stored_gradients", {}).items()}
+        self.fresh_weight = state.get("fresh_weight")
 

@@ -115,3 +115,40 @@ class TensorObjective:
 def softmax_ce(outputs: Tensor, targets: Tensor) -> tuple[Tensor, int]:
     """Summed cross-entropy of logits (N, K) against class ids (N,) and the frame count."""
     return torch.nn.functional.cross_entropy(outputs, targets, reduction="sum"), int(targets.shape[0])
+
+
+class SubsetObjective:
+    """HF on successive data subsets: update k uses subset ``k mod K`` for its gradient and its
+    curvature batch; held-out data (a separate objective) serves ρ / backtracking / line search.
+
+    Gradient reuse across subsets (SAG / dynamic weights), the CG warm start and the damping are
+    carried by :class:`~hfasr.optim.hf.HessianFree` (``HFConfig.gradient_reuse`` etc.), which
+    reads :attr:`subset` after :meth:`gradient`.
+    """
+
+    def __init__(self, subsets: Sequence, heldout=None) -> None:
+        if not subsets:
+            raise ValueError("SubsetObjective needs at least one subset")
+        self.subsets = list(subsets)
+        self.heldout = heldout
+        self.subset = 0
+
+    @property
+    def num_subsets(self) -> int:
+        return len(self.subsets)
+
+    def begin_update(self, update: int) -> None:
+        self.subset = update % len(self.subsets)
+
+    def gradient(self, generator: torch.Generator):
+        return self.subsets[self.subset].gradient(generator)
+
+    def curvature(self, generator: torch.Generator) -> GaussNewton:
+        return self.subsets[self.subset].curvature(generator)
+
+    def loss(self, role: str) -> float:
+        if role == "heldout":
+            if self.heldout is None:
+                raise ValueError("this HF configuration uses held-out data but the objective has none")
+            return self.heldout.loss("gradient")
+        return self.subsets[self.subset].loss(role)
