@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hfasr.optim.curvature import OutputCurvature
+from hfasr.optim.distributed import ReducedGaussNewton, all_reduce_, all_reduce_scalars
 from hfasr.optim.gn import GaussNewton, flatten
 
 LossFn = Callable[..., tuple[Tensor, int]]  # (outputs, *targets) -> (summed loss, count)
@@ -40,8 +41,16 @@ class TensorObjective:
         curvature_fraction: float = 0.02,
         curvature_min_rows: int = 256,
         chunk_size: int = 8192,
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        """``shard=(first_row, total_rows)``: this process holds rows ``first_row ..`` of a
+        dataset of ``total_rows`` rows split over ``torch.distributed`` ranks; losses, gradients
+        and G v are then summed over ranks and the curvature batch is sampled globally, so the
+        result equals a single process holding all rows (exactly so for Martens' preconditioner
+        when shard sizes are multiples of ``chunk_size``, since its squared gradients are per
+        chunk). Held-out data, if any, is sharded the same way."""
         self.model = model
+        self.shard = shard
         self.loss_fn = loss_fn
         self.curvature_fn = curvature_fn
         self.data = tuple(data)
@@ -71,22 +80,31 @@ class TensorObjective:
             g2 = fg * fg if g2 is None else g2 + fg * fg
             total += float(loss.detach())
             count += n
+        if self.shard is not None:
+            all_reduce_(gsum)
+            all_reduce_(g2)
+            total, count = all_reduce_scalars(total, count)
         return total / count, gsum / count, g2 / count
 
     def curvature(self, generator: torch.Generator) -> GaussNewton:
         n = self.data[0].shape[0]
-        m = min(n, max(self.curvature_min_rows, math.ceil(self.curvature_fraction * n)))
-        idx = torch.randperm(n, generator=generator)[:m].sort().values
+        first, total = (0, n) if self.shard is None else self.shard
+        m = min(total, max(self.curvature_min_rows, math.ceil(self.curvature_fraction * total)))
+        idx = torch.randperm(total, generator=generator)[:m].sort().values
+        idx = idx[(idx >= first) & (idx < first + n)] - first  # this shard's part of the global sample
         self._curv_idx = idx
         x, *targets = (t[idx] for t in self.data)
         self.model.eval()
         with torch.no_grad():
-            _, count = self.loss_fn(self.model(x), *targets)
+            _, count = self.loss_fn(self.model(x), *targets) if len(idx) else (None, 0)
+        if self.shard is not None:
+            (count,) = all_reduce_scalars(count)
 
         def fn(params: tuple[Tensor, ...]) -> Tensor:
             return functional_call(self.model, dict(zip(self.names, params)), (x,))
 
-        return GaussNewton(fn, [p.detach() for p in self.params], lambda z: self.curvature_fn(z, *targets), normalizer=count)
+        gn = GaussNewton(fn, [p.detach() for p in self.params], lambda z: self.curvature_fn(z, *targets), normalizer=count)
+        return gn if self.shard is None else ReducedGaussNewton(gn)
 
     @torch.no_grad()
     def _mean_loss(self, data: Sequence[Tensor]) -> float:
@@ -96,6 +114,8 @@ class TensorObjective:
             loss, n = self.loss_fn(self.model(chunk[0]), *chunk[1:])
             total += float(loss)
             count += n
+        if self.shard is not None:
+            total, count = all_reduce_scalars(total, count)
         return total / count
 
     def loss(self, role: str) -> float:
