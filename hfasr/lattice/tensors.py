@@ -1,0 +1,91 @@
+"""One lattice as plain tensors (what sequence training stores and reads).
+
+States are numbered in topological order (every arc goes from a lower to a higher state id),
+state 0 is the start state. Each arc carries the frame it emits at (``pdf >= 0``) or is an
+epsilon arc (``pdf == -1``, no frame consumed). ``graph_cost`` is the decoding graph's cost
+(−log of LM, pronunciation and transition probabilities, Kaldi's ``value1``); acoustic scores
+are *not* stored: they are recomputed from the current model's outputs at every evaluation.
+Lattices are saved with :meth:`Lattice.to_dict` / :meth:`Lattice.from_dict` (tensors only, so
+``torch.load(weights_only=True)`` reads them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Lattice:
+    num_states: int
+    num_frames: int
+    src: Tensor  # (A,) long
+    dst: Tensor  # (A,) long
+    frame: Tensor  # (A,) long: frame index of an emitting arc (ignored when pdf == -1)
+    pdf: Tensor  # (A,) long: pdf id, -1 for epsilon arcs
+    graph_cost: Tensor  # (A,) float64
+    final_cost: Tensor  # (S,) float64: +inf for non-final states
+    tid: Tensor | None = None  # (A,) long: transition-id (0 = epsilon)
+    word: Tensor | None = None  # (A,) long: word id (0 = epsilon)
+
+    def __post_init__(self) -> None:
+        self._level: Tensor | None = None
+
+    @property
+    def num_arcs(self) -> int:
+        return int(self.src.numel())
+
+    def validate(self, name: str = "lattice") -> None:
+        """Check top-sorting, frame consistency and finals; raise ValueError naming ``name``."""
+        S = self.num_states
+        if self.num_arcs and (int(self.src.min()) < 0 or int(self.dst.max()) >= S):
+            raise ValueError(f"{name}: arc state ids out of range [0, {S})")
+        if self.num_arcs and bool((self.src >= self.dst).any()):
+            raise ValueError(f"{name}: not topologically sorted (an arc goes from state s to t <= s)")
+        if not bool(torch.isfinite(self.final_cost).any()):
+            raise ValueError(f"{name}: no final state")
+        emit = self.pdf >= 0
+        if bool(emit.any()) and (int(self.frame[emit].min()) < 0 or int(self.frame[emit].max()) >= self.num_frames):
+            raise ValueError(f"{name}: arc frame outside [0, {self.num_frames})")
+        # Each state has one time; emitting arcs advance it by one frame.
+        t = self.state_times()
+        if bool(emit.any()) and not bool((t[self.src[emit]] == self.frame[emit]).all()):
+            raise ValueError(f"{name}: an emitting arc's frame differs from its source state's time")
+        fin = torch.isfinite(self.final_cost)
+        if not bool((t[fin] == self.num_frames).all()):
+            raise ValueError(f"{name}: a final state is reached before the last frame")
+
+    def state_times(self) -> Tensor:
+        """Frames consumed on any path from the start to each state (consistent in a lattice)."""
+        t = torch.full((self.num_states,), -1, dtype=torch.long)
+        t[0] = 0
+        emit = (self.pdf >= 0).long()
+        src, dst = self.src.tolist(), self.dst.tolist()
+        order = torch.argsort(self.src, stable=True).tolist()
+        tt = t.tolist()
+        em = emit.tolist()
+        for a in order:
+            s = src[a]
+            if tt[s] >= 0 and tt[dst[a]] < 0:
+                tt[dst[a]] = tt[s] + em[a]
+        return torch.tensor(tt, dtype=torch.long)
+
+    def levels(self) -> Tensor:
+        """Topological level of each state: 1 + the largest level among its predecessors."""
+        if self._level is None:
+            lev = [0] * self.num_states
+            src, dst = self.src.tolist(), self.dst.tolist()
+            for a in sorted(range(len(src)), key=lambda i: src[i]):
+                if lev[dst[a]] < lev[src[a]] + 1:
+                    lev[dst[a]] = lev[src[a]] + 1
+            self._level = torch.tensor(lev, dtype=torch.long)
+        return self._level
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Lattice:
+        return cls(**{f.name: d.get(f.name) for f in fields(cls)})

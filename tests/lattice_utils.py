@@ -1,0 +1,93 @@
+"""Random tiny lattices and brute-force path enumeration for tests of hfasr.lattice / criteria."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import torch
+
+from hfasr.lattice import Lattice
+
+
+def random_lattice(T: int, K: int, seed: int, width: int = 3, eps: bool = True, num_tids: int | None = None) -> Lattice:
+    rng = random.Random(seed)
+    layers, sid = [], 0
+    for t in range(T + 1):
+        n = 1 if t == 0 else rng.randint(1, width)
+        layers.append(list(range(sid, sid + n)))
+        sid += n
+    src, dst, frame, pdf, gc, tid = [], [], [], [], [], []
+    for t in range(T):
+        a, b = layers[t], layers[t + 1]
+        for s in a:
+            outs = rng.sample(b, rng.randint(1, len(b)))
+            for d in outs:
+                src.append(s), dst.append(d), frame.append(t)
+                k = rng.randrange(K)
+                pdf.append(k), gc.append(rng.uniform(0, 2)), tid.append(k + 1)
+        for d in b:  # every state reachable
+            if d not in dst:
+                s = rng.choice(a)
+                src.append(s), dst.append(d), frame.append(t)
+                k = rng.randrange(K)
+                pdf.append(k), gc.append(rng.uniform(0, 2)), tid.append(k + 1)
+        if eps and len(b) > 1 and rng.random() < 0.7:  # epsilon arc within a time step
+            s, d = sorted(rng.sample(b, 2))
+            src.append(s), dst.append(d), frame.append(t + 1), pdf.append(-1), gc.append(rng.uniform(0, 1)), tid.append(0)
+    final = torch.full((sid,), math.inf, dtype=torch.float64)
+    for s in layers[-1]:
+        final[s] = rng.uniform(0, 1)
+    order = sorted(range(len(src)), key=lambda i: (src[i], dst[i]))
+    L = lambda xs, dt=torch.long: torch.tensor([xs[i] for i in order], dtype=dt)  # noqa: E731
+    lat = Lattice(num_states=sid, num_frames=T, src=L(src), dst=L(dst), frame=L(frame), pdf=L(pdf),
+                  graph_cost=L(gc, torch.float64), final_cost=final, tid=L(tid), word=torch.zeros(len(src), dtype=torch.long))
+    lat.validate()
+    return lat
+
+
+def enumerate_paths(lat: Lattice):
+    """All (arc list, final cost) complete paths."""
+    out = []
+    arcs_from = {}
+    for a in range(lat.num_arcs):
+        arcs_from.setdefault(int(lat.src[a]), []).append(a)
+
+    def rec(s, path):
+        if math.isfinite(float(lat.final_cost[s])):
+            out.append((list(path), float(lat.final_cost[s])))
+        for a in arcs_from.get(s, []):
+            path.append(a)
+            rec(int(lat.dst[a]), path)
+            path.pop()
+
+    rec(0, [])
+    return out
+
+
+def path_scores(lat: Lattice, paths, scores: torch.Tensor, kappa: float, lm_scale: float = 1.0, extra=None):
+    """log-scores of paths given per-frame scores (T, K)."""
+    vals = []
+    for arcs, fc in paths:
+        v = -fc
+        for a in arcs:
+            v += -lm_scale * float(lat.graph_cost[a])
+            if int(lat.pdf[a]) >= 0:
+                v += kappa * float(scores[int(lat.frame[a]), int(lat.pdf[a])])
+            if extra is not None:
+                v += float(extra[a])
+        vals.append(v)
+    return torch.tensor(vals, dtype=torch.float64)
+
+
+def path_onehots(lat: Lattice, paths, K: int) -> torch.Tensor:
+    phis = torch.zeros(len(paths), lat.num_frames, K, dtype=torch.float64)
+    for i, (arcs, _) in enumerate(paths):
+        for a in arcs:
+            if int(lat.pdf[a]) >= 0:
+                phis[i, int(lat.frame[a]), int(lat.pdf[a])] = 1.0
+    return phis
+
+
+__all__ = ["random_lattice", "enumerate_paths", "path_scores", "path_onehots", "itertools"]
