@@ -1,0 +1,145 @@
+"""``hfasr decode``: decode precomputed pdf log-likelihoods with an HCLG graph, then score.
+
+Inputs: ``--loglikes FILE`` (``torch.save``'d ``{"cut_ids": [str], "loglikes":
+[FloatTensor(T, num_pdfs)]}``, the pdf log-likelihoods ``log p(pdf|x) - log prior(pdf)``),
+``--graph-dir`` (``HCLG.fst``, ``words.txt``), ``--model-dir`` (``final.mdl``, whose transition
+model maps transition-ids to pdfs). Writes ``OUT/hyp.txt``; with ``--ref`` also ``ref.txt``,
+``wer.txt`` and ``errs-SET.txt`` (see ``hfasr score``).
+
+The acoustic scale is ``--acoustic-scale`` or, with ``--dev-loglikes``/``--dev-ref``, the best
+of ``1/LMWT`` for LMWT in ``--lm-weights`` by dev WER (``OUT/sweep.txt`` lists every point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from hfasr.errors import DataError, HfasrError
+
+HELP = "decode pdf log-likelihoods with HCLG (optional LM-weight sweep on dev) and score"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loglikes", type=Path, required=True, help="log-likelihood file of the set")
+    p.add_argument("--graph-dir", type=Path, required=True, help="dir with HCLG.fst and words.txt")
+    p.add_argument("--model-dir", type=Path, required=True, help="dir with final.mdl")
+    p.add_argument("--out", type=Path, required=True, help="output dir (hyp.txt, wer.txt, ...)")
+    p.add_argument("--set", dest="set_name", default="test", help="set name (errs-SET.txt)")
+    p.add_argument("--ref", type=Path, help="reference Kaldi text of the set (scores if given)")
+    p.add_argument("--config", type=Path, help="YAML with decoder options (DecoderConfig)")
+    p.add_argument("--acoustic-scale", type=float, default=0.1, help="acoustic scale (no sweep)")
+    p.add_argument("--dev-loglikes", type=Path, help="dev log-likelihoods for the LM-weight sweep")
+    p.add_argument("--dev-ref", type=Path, help="dev reference text for the sweep")
+    p.add_argument("--lm-weights", default=None,
+                   help="comma-separated LM weights of the sweep (default 5,7,9,10,11,13,15,17)")
+    p.add_argument("--beam", type=float, help="search beam (overrides the config)")
+    p.add_argument("--max-active", type=int, help="max active states (overrides the config)")
+    p.add_argument("--num-workers", type=int, default=0, help="decoding processes (0: in process)")
+    p.add_argument("--mode", choices=["strict", "all", "present"], default="strict",
+                   help="scoring of reference utterances without a hypothesis (see hfasr score)")
+
+
+def load_loglikes(path: Path) -> tuple[list[str], list]:
+    """Read a log-likelihood file; DataError naming the file if malformed."""
+    import torch
+
+    if not path.is_file():
+        raise DataError(f"log-likelihood file not found: {path}")
+    d = torch.load(path, weights_only=True, map_location="cpu")
+    if not isinstance(d, dict) or "cut_ids" not in d or "loglikes" not in d:
+        raise DataError(f"{path}: expected a dict with 'cut_ids' and 'loglikes'")
+    ids, lls = list(d["cut_ids"]), list(d["loglikes"])
+    if len(ids) != len(lls):
+        raise DataError(f"{path}: {len(ids)} cut ids but {len(lls)} log-likelihood matrices")
+    for c, x in zip(ids, lls):
+        if not isinstance(x, torch.Tensor) or x.dim() != 2:
+            raise DataError(f"{path}: log-likelihoods of '{c}' are not a (T, num_pdfs) tensor")
+    return ids, lls
+
+
+def load_tid2pdf(model_dir: Path):
+    """``TransitionModel.transition_id_to_pdf_array()`` of ``model_dir/final.mdl``."""
+    import torch
+
+    from hfasr.gmm.model import GmmModel  # the hfasr text model format
+
+    m = GmmModel.read(model_dir / "final.mdl")
+    return torch.tensor(m.tm.transition_id_to_pdf_array(), dtype=torch.long)
+
+
+def read_words(path: Path) -> dict[int, str]:
+    if not path.is_file():
+        raise DataError(f"word table not found: {path}")
+    out = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        f = line.split()
+        if not f:
+            continue
+        if len(f) != 2 or not f[1].isdigit():
+            raise DataError(f"{path}:{lineno}: expected 'word id', got {line!r}")
+        out[int(f[1])] = f[0]
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    from hfasr.config import load_config
+    from hfasr.decode import (
+        DecoderConfig,
+        bootstrap_ci,
+        decode_batch,
+        results_to_text,
+        score,
+        sweep_acoustic_scale,
+        write_results,
+        write_text,
+    )
+    from hfasr.decode.score import read_text
+
+    cfg = load_config(DecoderConfig, args.config,
+                      overrides={"beam": args.beam, "max_active": args.max_active})
+    graph = args.graph_dir / "HCLG.fst"
+    if not graph.is_file():
+        raise DataError(f"decoding graph not found: {graph}")
+    id2word = read_words(args.graph_dir / "words.txt")
+    tid2pdf = load_tid2pdf(args.model_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    acwt, note = args.acoustic_scale, f"acoustic scale {args.acoustic_scale:g} (given)"
+    if args.dev_loglikes is not None:
+        if args.dev_ref is None:
+            raise HfasrError("--dev-loglikes needs --dev-ref")
+        try:
+            lmwts = ([float(x) for x in args.lm_weights.split(",")] if args.lm_weights
+                     else None)
+        except ValueError as e:
+            raise HfasrError(f"--lm-weights: expected comma-separated numbers, got {args.lm_weights!r}") from e
+        dev_ids, dev_ll = load_loglikes(args.dev_loglikes)
+        kw = {"lm_weights": lmwts} if lmwts else {}
+        best, points = sweep_acoustic_scale(str(graph), tid2pdf, dev_ids, dev_ll,
+                                            read_text(args.dev_ref), id2word, config=cfg,
+                                            num_workers=args.num_workers, **kw)
+        (args.out / "sweep.txt").write_text("".join(
+            f"LMWT {p.lm_weight:g} acoustic_scale {p.acoustic_scale:.6f} {p.result.wer_line()}\n"
+            for p in points) + f"best LMWT {best.lm_weight:g}\n")
+        acwt = best.acoustic_scale
+        note = f"acoustic scale {acwt:.6f} (LMWT {best.lm_weight:g}, best on dev: {best.result.wer_line()})"
+    elif args.acoustic_scale <= 0:
+        raise HfasrError(f"--acoustic-scale must be positive, got {args.acoustic_scale}")
+    ids, lls = load_loglikes(args.loglikes)
+    res = decode_batch(str(graph), tid2pdf, lls, acwt, config=cfg, num_workers=args.num_workers,
+                       names=ids, desc=f"decode {args.set_name}")
+    hyps = results_to_text(ids, res, id2word)
+    write_text(args.out / "hyp.txt", hyps)
+    log.info("%s: %s", args.set_name, note)
+    if args.ref is None:
+        return
+    refs = read_text(args.ref)
+    write_text(args.out / "ref.txt", refs)
+    result = score(refs, hyps, mode=args.mode)
+    ci = bootstrap_ci(result)
+    wer = write_results(args.out, args.set_name, result, ci)
+    with wer.open("a", encoding="utf-8") as f:
+        f.write(f"# {note}\n")
+    print(wer.read_text(), end="")

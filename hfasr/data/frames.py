@@ -1,0 +1,277 @@
+"""Frame-level training data: features of a CutSet with frame targets from a GMM alignment.
+
+:meth:`FrameData.load` reads ``<data_dir>/<task>_feats_<split>.jsonl.gz`` (``hfasr features``)
+and ``<ali_dir>/ali_<split>.pt`` (``hfasr gmm``, see ``docs/formats.md``) and keeps every frame
+in memory (the corpora here are at most a few hours: 1 h of 40-dim fbank is 58 MB):
+
+- ``feats`` (N, F) float32: all utterances concatenated, raw (CMVN is part of the model);
+- ``targets`` (N,) long: pdf ids; ``phones`` (N,) long: phone ids (MPE, analysis);
+- ``offsets`` (U + 1,): utterance u is frames ``offsets[u] : offsets[u + 1]``.
+
+Two iterators:
+
+- :meth:`FrameData.frame_batches`: minibatches of spliced frame rows (B, (2c+1)·F) + targets,
+  shuffled across utterances with a seeded ``torch.Generator`` (frame-level CE training);
+  splicing happens per batch, replicating each utterance's edge frames, so it matches
+  :class:`hfasr.models.DNN` on whole utterances exactly.
+- :meth:`FrameData.utterance_batches`: padded utterance batches (:class:`UtteranceBatch`) for
+  sequence-level criteria and recurrent models.
+
+Every cut of the manifest must have an alignment of the same length (up to
+``length_tolerance`` frames, after which both are cut to the shorter); otherwise a
+:class:`~hfasr.errors.DataError` names the cut. Cuts without an alignment (the aligner lists
+the ones it gave up on in ``ali_<split>_excluded.txt``) are an error unless
+``drop_unaligned`` is set, which drops them with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hfasr.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # target of padded frames (torch.nn.functional.cross_entropy's default)
+
+
+@dataclass
+class FrameDataConfig:
+    """How alignments are matched to features (the ``data:`` section of a training config)."""
+
+    drop_unaligned: bool = False  # cuts without an alignment: error (false) or dropped with a warning (true)
+    length_tolerance: int = 0  # allowed |alignment frames − feature frames|; both are cut to the shorter
+
+    def __post_init__(self) -> None:
+        if self.length_tolerance < 0:
+            raise ValueError(f"length_tolerance must be >= 0, got {self.length_tolerance}")
+
+
+def alignment_path(ali_dir: str | Path, split: str) -> Path:
+    """``<ali_dir>/ali_<split>.pt``."""
+    return Path(ali_dir) / f"ali_{split}.pt"
+
+
+def feats_manifest_path(data_dir: str | Path, task: str, split: str) -> Path:
+    """``<data_dir>/<task>_feats_<split>.jsonl.gz``."""
+    return Path(data_dir) / f"{task}_feats_{split}.jsonl.gz"
+
+
+def load_alignment(path: str | Path) -> dict:
+    """Read and check an alignment file (``docs/formats.md``); DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"alignment file not found: {path}; run `hfasr gmm` first")
+    try:
+        ali = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read alignment file: {e}") from e
+    need = ("cut_ids", "pdfs", "num_pdfs")
+    if not isinstance(ali, dict) or any(k not in ali for k in need):
+        raise DataError(f"{path}: expected a dict with keys {list(need)} (+ 'tids', 'phones')")
+    n = len(ali["cut_ids"])
+    for k in ("pdfs", "tids", "phones"):
+        if k in ali and len(ali[k]) != n:
+            raise DataError(f"{path}: {n} cut ids but {len(ali[k])} entries in '{k}'")
+    if len(set(ali["cut_ids"])) != n:
+        raise DataError(f"{path}: duplicate cut ids")
+    return ali
+
+
+def _excluded(ali_path: Path) -> dict[str, str]:
+    """Cuts the aligner listed in ``ali_<split>_excluded.txt`` (id → reason), if that file exists."""
+    p = ali_path.with_name(ali_path.stem + "_excluded.txt")
+    if not p.is_file():
+        return {}
+    out = {}
+    for line in p.read_text().splitlines():
+        if line.strip():
+            cid, _, why = line.partition("\t")
+            out[cid] = why or "excluded"
+    return out
+
+
+@dataclass
+class UtteranceBatch:
+    """Padded utterances: ``feats`` (B, T, F), ``lengths`` (B,), ``targets`` / ``phones`` (B, T)
+    long with :data:`IGNORE_INDEX` at padded frames, ``indices`` (B,) into the FrameData."""
+
+    cut_ids: list[str]
+    feats: Tensor
+    lengths: Tensor
+    targets: Tensor
+    phones: Tensor | None
+    indices: Tensor
+
+
+class FrameData:
+    """All frames of one split in memory (see the module docstring)."""
+
+    def __init__(self, cut_ids: Sequence[str], feats: Sequence[Tensor], targets: Sequence[Tensor],
+                 num_pdfs: int, phones: Sequence[Tensor] | None = None) -> None:
+        if not (len(cut_ids) == len(feats) == len(targets)):
+            raise ValueError("cut_ids, feats and targets must have the same length")
+        if not cut_ids:
+            raise DataError("no utterances")
+        for c, x, y in zip(cut_ids, feats, targets):
+            if x.dim() != 2 or y.dim() != 1 or x.shape[0] != y.shape[0]:
+                raise DataError(f"cut '{c}': features {tuple(x.shape)} do not match targets {tuple(y.shape)}")
+        self.cut_ids = list(cut_ids)
+        self.num_pdfs = int(num_pdfs)
+        lens = torch.tensor([x.shape[0] for x in feats], dtype=torch.long)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+        self.feats = torch.cat([x.float() for x in feats])
+        self.targets = torch.cat([y.long() for y in targets])
+        self.phones = torch.cat([p.long() for p in phones]) if phones is not None else None
+        bad = (self.targets < 0) | (self.targets >= self.num_pdfs)
+        if bad.any():
+            u = int(torch.searchsorted(self.offsets, bad.nonzero()[0], right=True)[0]) - 1
+            raise DataError(f"cut '{self.cut_ids[u]}': pdf ids outside [0, {self.num_pdfs})")
+
+    # --- sizes ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.feats.shape[0])
+
+    @property
+    def feat_dim(self) -> int:
+        return int(self.feats.shape[1])
+
+    @property
+    def lengths(self) -> Tensor:
+        """Frames per utterance (U,)."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def pdf_counts(self) -> Tensor:
+        """Frames per pdf (num_pdfs,), float64."""
+        return torch.bincount(self.targets, minlength=self.num_pdfs).double()
+
+    # --- access --------------------------------------------------------------------------------
+    def utterance(self, u: int) -> tuple[Tensor, Tensor]:
+        """Features (T, F) and targets (T,) of utterance ``u``."""
+        s, e = int(self.offsets[u]), int(self.offsets[u + 1])
+        return self.feats[s:e], self.targets[s:e]
+
+    def spliced(self, idx: Tensor, context: int) -> Tensor:
+        """Raw spliced rows (len(idx), (2c+1)·F) of global frame indices ``idx``; the context
+        is clamped to each frame's utterance (edge frames replicated)."""
+        idx = idx.long()
+        if context == 0:
+            return self.feats[idx]
+        u = torch.searchsorted(self.offsets, idx, right=True) - 1
+        first, last = self.offsets[u], self.offsets[u + 1] - 1
+        src = idx[:, None] + torch.arange(-context, context + 1)[None, :]
+        src = torch.minimum(torch.maximum(src, first[:, None]), last[:, None])
+        return self.feats[src].reshape(idx.shape[0], -1)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        n = self.num_frames
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    def frame_batches(self, batch_size: int, context: int, generator: torch.Generator | None = None,
+                      drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        """Minibatches ``(rows (B, (2c+1)·F), targets (B,))``; frames shuffled with ``generator``
+        (in corpus order if None). The permutation is drawn when iteration starts."""
+        n = self.num_frames
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for s in range(0, stop, batch_size):
+            idx = order[s : s + batch_size]
+            yield self.spliced(idx, context), self.targets[idx]
+
+    def utterance_batches(self, max_frames: int, generator: torch.Generator | None = None
+                          ) -> Iterator[UtteranceBatch]:
+        """Padded batches of whole utterances, shuffled with ``generator`` (in order if None);
+        a batch holds utterances while B · T_max ≤ ``max_frames`` (always at least one)."""
+        U = len(self)
+        order = torch.randperm(U, generator=generator) if generator is not None else torch.arange(U)
+        lens = self.lengths
+        batch: list[int] = []
+        tmax = 0
+        for u in order.tolist():
+            t = max(tmax, int(lens[u]))
+            if batch and (len(batch) + 1) * t > max_frames:
+                yield self.collate(batch)
+                batch, t = [], int(lens[u])
+            batch.append(u)
+            tmax = t
+        if batch:
+            yield self.collate(batch)
+
+    def collate(self, indices: Sequence[int]) -> UtteranceBatch:
+        """Pad utterances ``indices`` into an :class:`UtteranceBatch`."""
+        lens = self.lengths[list(indices)]
+        B, T = len(indices), int(lens.max())
+        feats = self.feats.new_zeros(B, T, self.feat_dim)
+        targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+        phones = torch.full((B, T), IGNORE_INDEX, dtype=torch.long) if self.phones is not None else None
+        for b, u in enumerate(indices):
+            s, e = int(self.offsets[u]), int(self.offsets[u + 1])
+            feats[b, : e - s] = self.feats[s:e]
+            targets[b, : e - s] = self.targets[s:e]
+            if phones is not None:
+                phones[b, : e - s] = self.phones[s:e]
+        return UtteranceBatch([self.cut_ids[u] for u in indices], feats, lens, targets, phones,
+                              torch.tensor(list(indices), dtype=torch.long))
+
+    # --- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, data_dir: str | Path, task: str, split: str, ali_dir: str | Path,
+             cfg: FrameDataConfig | None = None, progress: bool = False) -> FrameData:
+        """Features of ``<data_dir>/<task>_feats_<split>.jsonl.gz`` + targets of
+        ``<ali_dir>/ali_<split>.pt`` (see the module docstring for the checks)."""
+        from lhotse import load_manifest
+        from tqdm import tqdm
+
+        cfg = cfg or FrameDataConfig()
+        manifest = feats_manifest_path(data_dir, task, split)
+        if not manifest.is_file():
+            raise DataError(f"feature manifest not found: {manifest}; run `hfasr features` first")
+        ali_path = alignment_path(ali_dir, split)
+        ali = load_alignment(ali_path)
+        pos = {c: i for i, c in enumerate(ali["cut_ids"])}
+        cuts = load_manifest(manifest)
+        excluded = _excluded(ali_path)
+        ids, feats, targets, phones, missing = [], [], [], [], []
+        have_phones = "phones" in ali
+        for cut in tqdm(cuts, desc=f"load {task}/{split}", disable=not progress, leave=False):
+            i = pos.get(cut.id)
+            if i is None:
+                if not cfg.drop_unaligned:
+                    why = f" ({ali_path.stem}_excluded.txt: {excluded[cut.id]})" if cut.id in excluded else ""
+                    raise DataError(f"cut '{cut.id}' of {manifest} has no alignment in {ali_path}{why}; "
+                                    "set `data: {drop_unaligned: true}` to train without it")
+                missing.append(cut.id)
+                continue
+            if not cut.has_features:
+                raise DataError(f"cut '{cut.id}' of {manifest} has no features")
+            x = torch.from_numpy(cut.load_features()).float()
+            y = ali["pdfs"][i].long()
+            if abs(x.shape[0] - y.shape[0]) > cfg.length_tolerance:
+                raise DataError(f"cut '{cut.id}': alignment has {y.shape[0]} frames but its features have "
+                                f"{x.shape[0]} ({ali_path} vs {manifest}; tolerance {cfg.length_tolerance})")
+            T = min(x.shape[0], y.shape[0])
+            ids.append(cut.id)
+            feats.append(x[:T])
+            targets.append(y[:T])
+            if have_phones:
+                phones.append(ali["phones"][i].long()[:T])
+        if missing:
+            log.warning("%s/%s: dropped %d of %d cuts without an alignment in %s (e.g. %s)", task, split,
+                        len(missing), len(missing) + len(ids), ali_path, ", ".join(missing[:5]))
+        if not ids:
+            raise DataError(f"{manifest}: no cut has an alignment in {ali_path}")
+        unused = len(pos) - len(ids)
+        if unused:
+            log.info("%s: %d aligned cuts are not in %s (ignored)", ali_path, unused, manifest)
+        return cls(ids, feats, targets, int(ali["num_pdfs"]), phones if have_phones else None)

@@ -1,0 +1,176 @@
+"""Feed-forward DNN on spliced frames (the hybrid DNN-HMM acoustic model, Kaldi nnet1 style).
+
+``DNN(x, lengths)`` maps padded features (B, T, F) to per-frame logits (B, T, K):
+
+    global CMVN  →  splice ±context frames  →  L × (Linear → sigmoid | tanh | ReLU)  →  Linear
+
+Splicing replicates the first / last *valid* frame of each sequence at its edges (Kaldi's
+``splice-feats``), so padding never leaks into valid frames. The softmax is left to the
+criterion (CE, sequence criteria) or to :func:`hfasr.models.compute_loglikes` for decoding.
+
+Frame-level training shuffles frames across utterances; it feeds already-spliced *raw* frame
+rows (N, (2c+1)·F) to :meth:`DNN.forward_spliced`, which applies the CMVN to each of the 2c+1
+blocks and runs the same layers, so ``forward`` and ``forward_spliced`` agree frame by frame
+(:meth:`hfasr.data.frames.FrameData.spliced` builds such rows). :class:`SplicedFrames` wraps a
+DNN as a module on frame rows (``model(rows)``), e.g. for :class:`hfasr.optim.TensorObjective`.
+
+No in-place operations on values that depend on parameters: the same code serves autograd,
+``torch.func.vjp``, ``jvp`` and ``linearize`` (Hessian-free Gauss-Newton products).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Activation = Literal["sigmoid", "tanh", "relu"]
+_ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+
+
+@dataclass
+class DNNConfig:
+    """Hyper-parameters of :class:`DNN` (the ``dnn:`` section of a training config).
+
+    The defaults suit the small corpora of this project (yesno, FSDD, synth: ≤ a few hours);
+    Kaldi nnet1 / the HF papers used 5-7 × 1024-2048 sigmoid layers on 50-300 h.
+    """
+
+    hidden_dim: int = 256  # units per hidden layer
+    num_layers: int = 4  # hidden layers
+    context: int = 5  # frames spliced on each side (input = (2·context + 1)·F)
+    activation: Activation = "sigmoid"  # hidden nonlinearity
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+        if self.context < 0:
+            raise ValueError(f"context must be >= 0, got {self.context}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+
+
+def splice_index(lengths: Tensor, T: int, context: int) -> Tensor:
+    """Long (B, T, 2c+1): source frame of each spliced block, clamped to ``[0, lengths[b] − 1]``.
+
+    Frames at t ≥ lengths[b] (padding) get indices of valid frames too; their outputs are
+    unspecified and must be masked by the criterion.
+    """
+    offsets = torch.arange(-context, context + 1, device=lengths.device)
+    t = torch.arange(T, device=lengths.device)
+    idx = t[None, :, None] + offsets[None, None, :]
+    last = (lengths.clamp_min(1) - 1)[:, None, None]
+    return torch.minimum(idx.clamp_min(0), last)
+
+
+def splice(x: Tensor, context: int, lengths: Tensor | None = None) -> Tensor:
+    """Splice ±``context`` frames of ``x`` (B, T, F) → (B, T, (2c+1)·F), edge frames replicated.
+
+    Block j (of 2c+1) of output frame t is input frame ``clamp(t − c + j, 0, L_b − 1)``.
+    """
+    B, T, F = x.shape
+    if context == 0:
+        return x
+    if lengths is None:
+        lengths = torch.full((B,), T, dtype=torch.long, device=x.device)
+    idx = splice_index(lengths.to(x.device), T, context)  # (B, T, W)
+    b = torch.arange(B, device=x.device)[:, None, None]
+    return x[b, idx].reshape(B, T, (2 * context + 1) * F)
+
+
+class DNN(nn.Module):
+    """Sigmoid / tanh / ReLU DNN on spliced frames: (B, T, F) (+ lengths) → (B, T, K) logits.
+
+    Args:
+        input_dim: feature dimension F (before splicing).
+        num_outputs: K (pdfs for a hybrid model, tokens + blank for CTC).
+        hidden_dim, num_layers, context, activation: see :class:`DNNConfig`.
+
+    The CMVN statistics are buffers (``cmvn_mean``, ``cmvn_std``; identity until
+    :meth:`set_cmvn`), saved with the weights.
+    """
+
+    def __init__(self, input_dim: int, num_outputs: int, hidden_dim: int = 256, num_layers: int = 4,
+                 context: int = 5, activation: Activation = "sigmoid") -> None:
+        super().__init__()
+        cfg = DNNConfig(hidden_dim=hidden_dim, num_layers=num_layers, context=context, activation=activation)
+        self.input_dim = input_dim
+        self.num_outputs = num_outputs
+        self.context = context
+        self.activation = activation
+        self._act = _ACTIVATIONS[activation]
+        self.model_config = {"arch": "dnn", "input_dim": input_dim, "num_outputs": num_outputs, **asdict(cfg)}
+        self.register_buffer("cmvn_mean", torch.zeros(input_dim))
+        self.register_buffer("cmvn_std", torch.ones(input_dim))
+        sizes = [(2 * context + 1) * input_dim] + [hidden_dim] * num_layers
+        self.hidden = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(num_layers))
+        self.output = nn.Linear(sizes[-1], num_outputs)
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, input_dim: int, num_outputs: int, cfg: DNNConfig) -> DNN:
+        return cls(input_dim, num_outputs, **asdict(cfg))
+
+    @property
+    def spliced_dim(self) -> int:
+        """Width of a spliced frame row, (2·context + 1)·F."""
+        return (2 * self.context + 1) * self.input_dim
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Glorot-uniform weights (He-uniform for ReLU hidden layers), zero biases."""
+        for lin in list(self.hidden) + [self.output]:
+            if self.activation == "relu" and lin is not self.output:
+                nn.init.kaiming_uniform_(lin.weight, nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    @torch.no_grad()
+    def set_cmvn(self, mean: Tensor, std: Tensor) -> None:
+        """Set the global CMVN statistics (std floored at 1e-5)."""
+        self.cmvn_mean.copy_(mean)
+        self.cmvn_std.copy_(std.clamp_min(1e-5))
+
+    def output_lengths(self, lengths: Tensor) -> Tensor:
+        """Output frames per sequence (the DNN keeps the frame rate)."""
+        return lengths
+
+    def _layers(self, h: Tensor) -> Tensor:
+        for lin in self.hidden:
+            h = self._act(lin(h))
+        return self.output(h)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Logits (B, T, K) of padded features ``x`` (B, T, F); ``lengths`` (B,) valid frames."""
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise ValueError(f"DNN expects features (B, T, {self.input_dim}), got {tuple(x.shape)}")
+        x = (x - self.cmvn_mean) / self.cmvn_std
+        return self._layers(splice(x, self.context, lengths))
+
+    def forward_spliced(self, rows: Tensor) -> Tensor:
+        """Logits (N, K) of raw (un-normalized) spliced frame rows (N, (2c+1)·F)."""
+        if rows.dim() != 2 or rows.shape[-1] != self.spliced_dim:
+            raise ValueError(f"DNN expects spliced rows (N, {self.spliced_dim}), got {tuple(rows.shape)}")
+        N = rows.shape[0]
+        x = (rows.reshape(N, -1, self.input_dim) - self.cmvn_mean) / self.cmvn_std
+        return self._layers(x.reshape(N, self.spliced_dim))
+
+    def frames(self) -> SplicedFrames:
+        """This model as a module on spliced frame rows (shares the parameters)."""
+        return SplicedFrames(self)
+
+
+class SplicedFrames(nn.Module):
+    """``SplicedFrames(dnn)(rows)`` = ``dnn.forward_spliced(rows)``; parameters are ``dnn.*``."""
+
+    def __init__(self, dnn: DNN) -> None:
+        super().__init__()
+        self.dnn = dnn
+
+    def forward(self, rows: Tensor) -> Tensor:
+        return self.dnn.forward_spliced(rows)
