@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "train an acoustic model (CE with SGD/Adam) on GMM alignments"
+HELP = "train an acoustic model (CE with SGD/Adam or Hessian-free) on GMM alignments"
 
 # Kept in step with hfasr.train.trainer.CRITERIA / OPTIMIZERS (not imported here: torch is slow
 # to import and every subcommand's arguments are built at start-up).
 CRITERIA = ("ce",)
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "hf")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

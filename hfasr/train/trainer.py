@@ -42,6 +42,7 @@ from hfasr.data.frames import FrameData, FrameDataConfig
 from hfasr.errors import ConfigError, HfasrError
 from hfasr.models import DNNConfig, atomic_save, build_model, load_checkpoint
 from hfasr.train.ce import FrameCE, evaluate_frames
+from hfasr.train.hf_driver import HFTrainConfig
 from hfasr.train.schedule import NewBobConfig, make_schedule
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class TrainConfig:
     """Options of ``hfasr train`` (YAML via ``--config``; the resolved copy is ``config.yaml``)."""
 
     criterion: str = "ce"  # training criterion (ce)
-    optimizer: str = "sgd"  # sgd (with momentum) | adam
+    optimizer: str = "sgd"  # sgd (with momentum) | adam | hf (Hessian-free, section hf:)
     model: str = "dnn"  # architecture; its hyper-parameters are the section of the same name
     dnn: DNNConfig = field(default_factory=DNNConfig)  # DNN hyper-parameters
     data: FrameDataConfig = field(default_factory=FrameDataConfig)  # alignment/feature matching
@@ -130,6 +131,7 @@ class TrainConfig:
     seed: int = 0  # model initialisation and frame order
     num_threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "cpu"  # cpu | cuda | cuda:N
+    hf: HFTrainConfig = field(default_factory=HFTrainConfig)  # --optimizer hf (hfasr.train.hf_driver)
 
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
@@ -230,8 +232,15 @@ def _adam(ctx: TrainContext) -> TorchOptimizer:
                                                 betas=tuple(c.betas), weight_decay=c.weight_decay))
 
 
+def _hf(ctx: TrainContext):
+    from hfasr.train.hf_driver import HFFrameOptimizer
+
+    return HFFrameOptimizer(ctx)
+
+
 register_optimizer("sgd", _sgd, default_lr=0.1)
 register_optimizer("adam", _adam, default_lr=1e-3)
+register_optimizer("hf", _hf, default_lr=1.0)  # HF has no learning rate; use lr_schedule: constant
 
 
 # --- the trainer -------------------------------------------------------------------------------
