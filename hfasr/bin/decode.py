@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-ref", type=Path, help="dev reference text for the sweep")
     p.add_argument("--lm-weights", default=None,
                    help="comma-separated LM weights of the sweep (default 5,7,9,10,11,13,15,17)")
+    p.add_argument("--word-penalties", default="0,0.5,1",
+                   help="comma-separated word insertion penalties swept on dev with the LM weights")
     p.add_argument("--beam", type=float, help="search beam (overrides the config)")
     p.add_argument("--max-active", type=int, help="max active states (overrides the config)")
     p.add_argument("--num-workers", type=int, default=0, help="decoding processes (0: in process)")
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> None:
     tid2pdf = load_tid2pdf(args.model_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     acwt, note = args.acoustic_scale, f"acoustic scale {args.acoustic_scale:g} (given)"
+    wip = 0.0
     if args.dev_loglikes is not None:
         if args.dev_ref is None:
             raise HfasrError("--dev-loglikes needs --dev-ref")
@@ -117,18 +120,28 @@ def run(args: argparse.Namespace) -> None:
             raise HfasrError(f"--lm-weights: expected comma-separated numbers, got {args.lm_weights!r}") from e
         dev_ids, dev_ll = load_loglikes(args.dev_loglikes)
         kw = {"lm_weights": lmwts} if lmwts else {}
+        try:
+            kw["word_penalties"] = [float(x) for x in args.word_penalties.split(",")]
+        except ValueError as e:
+            raise HfasrError(f"--word-penalties: expected comma-separated numbers, got {args.word_penalties!r}") from e
         best, points = sweep_acoustic_scale(str(graph), tid2pdf, dev_ids, dev_ll,
                                             read_text(args.dev_ref), id2word, config=cfg,
                                             num_workers=args.num_workers, **kw)
         (args.out / "sweep.txt").write_text("".join(
-            f"LMWT {p.lm_weight:g} acoustic_scale {p.acoustic_scale:.6f} {p.result.wer_line()}\n"
-            for p in points) + f"best LMWT {best.lm_weight:g}\n")
-        acwt = best.acoustic_scale
-        note = f"acoustic scale {acwt:.6f} (LMWT {best.lm_weight:g}, best on dev: {best.result.wer_line()})"
+            f"LMWT {p.lm_weight:g} WIP {p.word_penalty:g} acoustic_scale {p.acoustic_scale:.6f} {p.result.wer_line()}\n"
+            for p in points) + f"best LMWT {best.lm_weight:g} WIP {best.word_penalty:g}\n")
+        acwt, wip = best.acoustic_scale, best.word_penalty
+        note = (f"acoustic scale {acwt:.6f} (LMWT {best.lm_weight:g}, word penalty {wip:g}, "
+                f"best on dev: {best.result.wer_line()})")
     elif args.acoustic_scale <= 0:
         raise HfasrError(f"--acoustic-scale must be positive, got {args.acoustic_scale}")
     ids, lls = load_loglikes(args.loglikes)
-    res = decode_batch(str(graph), tid2pdf, lls, acwt, config=cfg, num_workers=args.num_workers,
+    test_graph = str(graph)
+    if wip:
+        from hfasr.decode.decoder import add_word_penalty, non_words, read_graph
+
+        test_graph = add_word_penalty(read_graph(graph), wip, non_words(id2word))
+    res = decode_batch(test_graph, tid2pdf, lls, acwt, config=cfg, num_workers=args.num_workers,
                        names=ids, desc=f"decode {args.set_name}")
     hyps = results_to_text(ids, res, id2word)
     write_text(args.out / "hyp.txt", hyps)

@@ -482,6 +482,37 @@ class SweepPoint:
     acoustic_scale: float
     result: ScoreResult
     hyps: dict[str, list[str]]
+    word_penalty: float = 0.0
+
+
+def add_word_penalty(graph: Fst, penalty: float, skip: set[int]) -> Fst:
+    """A copy of ``graph`` with ``penalty`` added to the cost of every arc emitting a word not in
+    ``skip`` (epsilon and silence words): Kaldi's word insertion penalty, in the graph-cost domain
+    (the decoder's costs are graph + acoustic_scale · acoustic, as after Kaldi's lattice scaling)."""
+    if penalty == 0:
+        return graph
+    out = kaldifst.StdVectorFst()
+    n = graph.num_states
+    for _ in range(n):
+        out.add_state()
+    out.start = graph.start
+    sit = kaldifst.StateIterator(graph)
+    while not sit.done:
+        st = sit.value
+        out.set_final(st, graph.final(st))
+        ait = kaldifst.ArcIterator(graph, st)
+        while not ait.done:
+            a = ait.value
+            w = a.weight.value + (penalty if a.olabel not in skip else 0.0)
+            out.add_arc(st, kaldifst.StdArc(a.ilabel, a.olabel, w, a.nextstate))
+            ait.next()
+        sit.next()
+    return out
+
+
+def non_words(id2word: Mapping[int, str]) -> set[int]:
+    """Word ids that carry no insertion penalty: epsilon, silence words, disambiguation symbols."""
+    return {0} | {i for i, w in id2word.items() if w.upper() in ("<SIL>", "!SIL", "<EPS>", "<S>", "</S>") or w.startswith("#")}
 
 
 def sweep_acoustic_scale(graph: str | Path | Fst, tid2pdf: torch.Tensor | np.ndarray,
@@ -490,7 +521,8 @@ def sweep_acoustic_scale(graph: str | Path | Fst, tid2pdf: torch.Tensor | np.nda
                          lm_weights: Sequence[float] = DEFAULT_LM_WEIGHTS,
                          config: DecoderConfig | None = None, num_workers: int = 0,
                          progress: bool = True,
-                         start_method: str | None = None) -> tuple[SweepPoint, list[SweepPoint]]:
+                         start_method: str | None = None,
+                         word_penalties: Sequence[float] = (0.0,)) -> tuple[SweepPoint, list[SweepPoint]]:
     """Decode the dev set at ``acoustic_scale = 1 / lm_weight`` for every LM weight; return the
     point with the fewest word errors (ties: fewer sentence errors, then the first in
     ``lm_weights``) and all points.
@@ -504,13 +536,16 @@ def sweep_acoustic_scale(graph: str | Path | Fst, tid2pdf: torch.Tensor | np.nda
     if isinstance(graph, (str, Path)) and (num_workers <= 1 or _start_method(start_method) == "fork"):
         graph = read_graph(graph)  # once, not once per LM weight
     points = []
-    for lmwt in lm_weights:
-        res = decode_batch(graph, tid2pdf, loglikes, 1.0 / lmwt, config=config,
-                           num_workers=num_workers, names=cut_ids, progress=progress,
-                           desc=f"dev LMWT={lmwt:g}", start_method=start_method)
-        hyps = results_to_text(cut_ids, res, id2word)
-        sr = score({c: refs[c] for c in cut_ids if c in refs}, hyps, mode="all")
-        log.info("LMWT %g (acoustic scale %.4f): %s", lmwt, 1.0 / lmwt, sr.wer_line())
-        points.append(SweepPoint(float(lmwt), 1.0 / lmwt, sr, hyps))
+    skip = non_words(id2word)
+    for wip in word_penalties:
+        g = add_word_penalty(graph, wip, skip) if wip else graph
+        for lmwt in lm_weights:
+            res = decode_batch(g, tid2pdf, loglikes, 1.0 / lmwt, config=config,
+                               num_workers=num_workers, names=cut_ids, progress=progress,
+                               desc=f"dev LMWT={lmwt:g} WIP={wip:g}", start_method=start_method)
+            hyps = results_to_text(cut_ids, res, id2word)
+            sr = score({c: refs[c] for c in cut_ids if c in refs}, hyps, mode="all")
+            log.info("LMWT %g WIP %g (acoustic scale %.4f): %s", lmwt, wip, 1.0 / lmwt, sr.wer_line())
+            points.append(SweepPoint(float(lmwt), 1.0 / lmwt, sr, hyps, float(wip)))
     best = min(points, key=lambda p: (p.result.errors, p.result.sent_errors))
     return best, points
