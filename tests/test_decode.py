@@ -249,7 +249,7 @@ def test_decode_cli(graph, tmp_path, monkeypatch, capsys):
     wer = (out / "wer.txt").read_text()
     assert wer.startswith("%WER 33.33 [ 1 / 3, 0 ins, 0 del, 1 sub ]\n%SER 50.00 [ 1 / 2 ]\n")
     assert "LMWT 1," in wer and capsys.readouterr().out == wer
-    assert (out / "sweep.txt").read_text().splitlines()[-1] == "best LMWT 1"
+    assert (out / "sweep.txt").read_text().splitlines()[-1] == "best LMWT 1 WIP 0"
     assert "t2 ref  YES" in (out / "errs-test.txt").read_text()
 
 
