@@ -47,7 +47,8 @@ __all__ = [
 ]
 
 # arch name -> class or "module:Class" (imported when first used)
-_ARCHS: dict[str, type[nn.Module] | str] = {"dnn": DNN, "blstm": "hfasr.models.blstm:BLSTM"}
+_ARCHS: dict[str, type[nn.Module] | str] = {"dnn": DNN, "blstm": "hfasr.models.blstm:BLSTM",
+                                            "mdlstm": "hfasr.models.mdlstm:MDLSTM"}
 
 
 def register_model(arch: str, cls: type[nn.Module] | str) -> None:

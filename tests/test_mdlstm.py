@@ -1,0 +1,226 @@
+"""MDLSTM: the anti-diagonal vectorized scan matches a naive per-cell reference; G v is exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jacfwd, jacrev
+
+from hfasr.criteria.ctc import ModelGaussNewton
+from hfasr.models.mdlstm import MDLSTM
+from hfasr.optim import GaussNewton, SoftmaxFisher
+from hfasr.optim.gn import flatten
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The models here are tiny: intra-op threads only add barrier overhead (and stall badly when
+    the machine is loaded)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+# --------------------------------------------------------------------------- naive reference
+def naive_mdlstm_layer(layer, x: Tensor) -> Tensor:
+    """One utterance (T, F, C) → (4, T, F, H): a Python loop over every cell of every direction."""
+    T, F, _ = x.shape
+    H = layer.hidden_size
+    out = torch.zeros(4, T, F, H)
+    for k, (rt, rf) in enumerate(((False, False), (False, True), (True, False), (True, True))):
+        w_in, U_t, U_f, b = layer.w_in[k], layer.w_rec[k][:H], layer.w_rec[k][H:], layer.bias[k]
+        h = {}
+        c = {}
+        ts = range(T - 1, -1, -1) if rt else range(T)
+        fs = range(F - 1, -1, -1) if rf else range(F)
+        dt, df = (1 if rt else -1), (1 if rf else -1)  # offset of the predecessor
+        zero = torch.zeros(H)
+        for t in ts:
+            for f in fs:
+                hp_t, cp_t = h.get((t + dt, f), zero), c.get((t + dt, f), zero)
+                hp_f, cp_f = h.get((t, f + df), zero), c.get((t, f + df), zero)
+                a = x[t, f] @ w_in + hp_t @ U_t + hp_f @ U_f + b
+                i, ft, ff, o = (torch.sigmoid(a[j * H : (j + 1) * H]) for j in range(4))
+                g = torch.tanh(a[4 * H :])
+                c[t, f] = ft * cp_t + ff * cp_f + i * g
+                h[t, f] = o * torch.tanh(c[t, f])
+                out[k, t, f] = h[t, f]
+    return out
+
+
+def naive_patch(x: Tensor, p: int) -> Tensor:
+    T, F, C = x.shape
+    n = -(-F // p)
+    out = torch.zeros(T, n, p * C)
+    for j in range(n):
+        for q in range(p):
+            if j * p + q < F:
+                out[:, j, q * C : (q + 1) * C] = x[:, j * p + q]
+    return out
+
+
+def naive_mdlstm(model: MDLSTM, x: Tensor) -> Tensor:
+    """One utterance (T, F) → logits (T, K)."""
+    h = naive_patch(((x - model.cmvn_mean) / model.cmvn_std).unsqueeze(-1), model.input_patch)
+    for i, layer in enumerate(model.lstms):
+        o = naive_mdlstm_layer(layer, h)
+        h = o.sum(0) if model.combine == "sum" else torch.cat([o[0], o[1], o[2], o[3]], -1)
+        if i < len(model.ffs):
+            h = torch.tanh(model.ffs[i](naive_patch(h, model.freq_patches[i])))
+    return model.output(h.sum(1))
+
+
+def _tiny(combine="concat", input_patch=1, seed=0, **kw) -> MDLSTM:
+    torch.manual_seed(seed)
+    m = MDLSTM(5, 3, hidden_sizes=kw.get("hidden", (3, 2)), ff_sizes=kw.get("ff", (4,)), freq_patches=kw.get("patches", (2,)),
+               input_patch=input_patch, combine=combine)
+    m.set_cmvn(torch.randn(5) * 0.1, torch.rand(5) + 0.5)
+    return m
+
+
+@pytest.mark.parametrize("combine,input_patch", [("concat", 1), ("sum", 2)])
+def test_vectorized_matches_naive(combine, input_patch):
+    m = _tiny(combine, input_patch)
+    x = torch.randn(3, 6, 5)
+    lens = torch.tensor([6, 4, 1])
+    with torch.no_grad():
+        z = m(x, lens)
+        for b in range(3):
+            ref = naive_mdlstm(m, x[b, : lens[b]])
+            assert torch.allclose(z[b, : lens[b]], ref, atol=1e-10), (b, (z[b, : lens[b]] - ref).abs().max())
+
+
+def test_each_direction_matches_naive():
+    """One layer, every direction separately (a wrong flip would only show in some of them)."""
+    from hfasr.models.blstm import reverse_index
+    from hfasr.models.mdlstm import from_directions, to_directions
+
+    m = _tiny(hidden=(2,), ff=(), patches=())
+    layer = m.lstms[0]
+    x = torch.randn(2, 5, 4, 1)
+    lens = torch.tensor([5, 3])
+    rev = reverse_index(lens, 5)
+    with torch.no_grad():
+        out, gates, cells = layer(to_directions(x, rev))
+        out = from_directions(out, rev)
+        for b in range(2):
+            ref = naive_mdlstm_layer(layer, x[b, : lens[b]])
+            for k in range(4):
+                assert torch.allclose(out[k, b, : lens[b]], ref[k], atol=1e-10), k
+    assert gates.shape == (4, 2, 5 + 4 - 1, 4, 10) and cells.shape == (4, 2, 8, 4, 2)
+
+
+def test_padding_does_not_leak():
+    m = _tiny()
+    x = torch.randn(2, 7, 5)
+    lens = torch.tensor([7, 4])
+    x2 = x.clone()
+    x2[1, 4:] = 100.0  # garbage in the padding
+    with torch.no_grad():
+        assert torch.allclose(m(x, lens)[1, :4], m(x2, lens)[1, :4], atol=1e-12)
+
+
+@pytest.mark.parametrize("combine,input_patch", [("concat", 1), ("sum", 2)])
+def test_hand_written_jvp_matches_autodiff(combine, input_patch):
+    from torch.func import jvp
+
+    m = _tiny(combine, input_patch, seed=3)
+    x = torch.randn(3, 6, 5)
+    lens = torch.tensor([6, 4, 1])
+    names = [n for n, _ in m.named_parameters()]
+    P = tuple(p.detach() for p in m.parameters())
+    vt = tuple(torch.randn_like(p) for p in P)
+    ref_z, ref_a = jvp(lambda p: functional_call(m, dict(zip(names, p)), (x, lens), {"return_preacts": True}), (P,), (vt,))[1]
+    out, lin = m.linearize(x, lens, return_preacts=True)
+    z, _ = functional_call(m, dict(zip(names, P)), (x, lens), {"return_preacts": True})
+    assert torch.allclose(out[0], z, atol=1e-12)
+    got_z, got_a = lin(dict(zip(names, vt)))
+    assert torch.allclose(got_z, ref_z, atol=1e-10)
+    assert len(got_a) == len(ref_a) and all(torch.allclose(g, r, atol=1e-10) for g, r in zip(got_a, ref_a))
+    one = {"lstms.1.w_rec": vt[names.index("lstms.1.w_rec")]}  # a single parameter's tangent; the rest 0
+    ref = jvp(lambda p: functional_call(m, dict(zip(names, p)), (x, lens)), (P,),
+              (tuple(one.get(n, torch.zeros_like(p)) for n, p in zip(names, P)),))[1]
+    assert torch.allclose(m.linearize(x, lens)[1](one), ref, atol=1e-10)
+    # the linearization point is a copy: later in-place parameter updates do not move it
+    with torch.no_grad():
+        m.output.weight.add_(1.0)
+    assert torch.allclose(lin(dict(zip(names, vt)))[0], ref_z, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- exact G v
+def explicit_gn(model: nn.Module, x: Tensor, lens: Tensor, olens: Tensor, normalizer: float, mu: float = 0.0) -> Tensor:
+    """J_zᵀ H J_z (+ μ Σ_i J_aᵀ D_i J_a) / normalizer with explicit Jacobians (jacrev)."""
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+    theta = flatten(params)
+
+    def split(flat):
+        ps, o = [], 0
+        for p in params:
+            ps.append(flat[o : o + p.numel()].view_as(p))
+            o += p.numel()
+        return dict(zip(names, ps))
+
+    def run(flat):
+        z, acts = functional_call(model, split(flat), (x, lens), {"return_preacts": True})
+        return (z, *acts) if mu else (z,)
+
+    outs = run(theta)
+    # forward mode when the (many) hidden pre-activations are outputs too, reverse mode otherwise
+    jacs = (jacfwd if mu else jacrev)(run)(theta)
+    z = outs[0]
+    Jz = jacs[0].reshape(z.numel(), -1)
+    y = torch.softmax(z, -1)
+    mask = (torch.arange(z.shape[1]).unsqueeze(0) < olens.unsqueeze(1)).to(z.dtype)
+    blocks = [w * (torch.diag(r) - torch.outer(r, r)) for r, w in zip(y.reshape(-1, z.shape[-1]), mask.reshape(-1))]
+    G = Jz.T @ torch.block_diag(*blocks) @ Jz
+    if mu:
+        ds = model.structural_weights(list(outs[1:]), olens)
+        for a, J, d in zip(outs[1:], jacs[1:], ds):
+            Ja = J.reshape(a.numel(), -1)
+            G = G + mu * Ja.T @ (d.reshape(-1, 1) * Ja)
+    return G / normalizer
+
+
+def check_gv(model: nn.Module, x: Tensor, lens: Tensor, mode: str, mu: float) -> None:
+    olens = model.output_lengths(lens)
+    G = explicit_gn(model, x, lens, olens, 7.0, mu)
+    names = [n for n, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]
+    mask = torch.arange(int(olens.max())).unsqueeze(0) < olens.unsqueeze(1)
+    structural = mu != 0.0
+
+    def fn(ps):
+        return functional_call(model, dict(zip(names, ps)), (x, lens), {"return_preacts": structural})
+
+    curv = lambda z: SoftmaxFisher(z, mask[:, : z.shape[1]])
+    sw = (lambda acts: model.structural_weights(acts, olens)) if structural else None
+    if mode == "model":  # the model's hand-written R-op
+        gn = ModelGaussNewton(model, names, fn, params, curv, 7.0, sw, args=(x, lens), kwargs={"return_preacts": structural})
+    else:
+        gn = GaussNewton(fn, params, curv, normalizer=7.0, jvp_mode=mode, structural_weights=sw)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        v = torch.randn(G.shape[0], generator=gen)
+        assert torch.allclose(gn(v, mu), G @ v, atol=1e-6 * float(G.abs().max()), rtol=1e-6)
+    u, v = torch.randn(2, G.shape[0], generator=gen)
+    assert abs(float(u @ gn(v, mu) - v @ gn(u, mu))) < 1e-8
+    assert float(v @ gn(v, mu)) >= -1e-10
+
+
+@pytest.mark.parametrize("mode,mu", [("model", 0.0), ("model", 0.3), ("linearize", 0.0), ("double-vjp", 0.0)])
+def test_gv_exact_tiny_mdlstm(mode, mu):
+    m = _tiny(hidden=(2, 2), ff=(2,), patches=(2,), seed=1)
+    m.lstms[0].w_in.data.mul_(2.0)  # livelier gates
+    x = torch.randn(2, 4, 5)
+    check_gv(m, x, torch.tensor([4, 3]), mode, mu)
