@@ -16,5 +16,6 @@ stage_run() {
   local t0=$SECONDS
   "$@"
   touch "$marks/.$name.done"
+  echo "$((SECONDS - t0))" > "$marks/.$name.seconds"
   echo "== stage $n ($name) finished in $((SECONDS - t0)) s"
 }

@@ -3,7 +3,8 @@
 # speakers) and connected digits built from them (held-out speakers; the main real-data task).
 #   0 download  fetch the FSDD archive (only when --corpus-dir is not given)
 #   1 prepare   fsdd_iso, fsdd_spk, fsdd_conn manifests
-#   2 features  fbank (lilcom) + global CMVN stats for each task
+#   2 features  fbank (lilcom) + global CMVN stats
+#   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh) for each task
 # Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,6 +18,7 @@ exp=$here/exp
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
+task=fsdd_conn
 
 if [ -z "$corpus_dir" ]; then
   stage_run 0 download hfasr prepare fsdd --download --out "$data"
@@ -24,4 +26,5 @@ if [ -z "$corpus_dir" ]; then
 fi
 stage_run 1 prepare hfasr prepare fsdd --corpus-dir "$corpus_dir" --out "$data" --config "$here/conf/prepare.yaml"
 stage_run 2 features hfasr features "$data" --task fsdd_conn fsdd_spk fsdd_iso --config "$here/conf/fbank.yaml"
-hfasr info "$data"
+conf=$here/conf
+. "$root/tools/hybrid.sh"

@@ -3,6 +3,7 @@
 # eSpeak NG; needs nothing but the installed package). Stages:
 #   1 prepare   synthesize train/dev/test (speaker-independent test voices) -> lhotse manifests
 #   2 features  fbank (lilcom) + global CMVN stats
+#   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh)
 # Usage: recipes/synth/run.sh [--stage N] [--stop-stage M] [--nj J] [--data DIR]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,4 +20,5 @@ task=synth
 
 stage_run 1 prepare hfasr prepare synth --out "$data" --config "$here/conf/synth.yaml" --num-jobs "$nj"
 stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
-hfasr info "$data"
+conf=$here/conf
+. "$root/tools/hybrid.sh"

@@ -3,6 +3,7 @@
 #   0 download  fetch waves_yesno (only when --corpus-dir is not given and not yet present)
 #   1 prepare   lhotse manifests
 #   2 features  fbank (lilcom) + global CMVN stats
+#   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh)
 # Usage: recipes/yesno/run.sh [--corpus-dir DIR/waves_yesno] [--stage N] [--stop-stage M]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,4 +25,5 @@ if [ -z "$corpus_dir" ]; then
 fi
 stage_run 1 prepare hfasr prepare yesno --corpus-dir "$corpus_dir" --out "$data"
 stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
-hfasr info "$data"
+conf=$here/conf
+. "$root/tools/hybrid.sh"

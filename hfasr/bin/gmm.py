@@ -1,0 +1,63 @@
+"""``hfasr gmm --data-dir D --task T --lang LANGDIR --out GMMDIR``: monophone GMM-HMM + alignments.
+
+Trains a monophone GMM-HMM from a flat start on ``<task>_feats_train`` (with its speed-perturbed
+copies), builds ``graph/HCLG.fst`` and writes frame alignments ``ali_<split>.pt`` for the
+configured splits (default train and dev). With ``--decode-split test``, also decodes that
+split with the GMM (``hfasr.gmm.decode.decode_gmm``) and scores it into ``OUT/decode_test/``
+(``hyp.txt``, ``ref.txt``, ``wer.txt`` with the bootstrap CI, ``errs-test.txt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "monophone GMM-HMM training, HCLG and frame alignments"
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data-dir", type=Path, required=True, help="directory with <task>_feats_<split>.jsonl.gz and <task>_stats.pt")
+    sp.add_argument("--task", required=True, help="task name, e.g. yesno, fsdd_conn, synth")
+    sp.add_argument("--lang", type=Path, required=True, help="lang dir written by `hfasr lang`")
+    sp.add_argument("--out", type=Path, required=True, help="GMM dir to write")
+    sp.add_argument("--config", type=Path, help="YAML GmmConfig")
+    sp.add_argument("--num-jobs", type=int, default=None, help="alignment processes (overrides the config)")
+    sp.add_argument("--decode-split", nargs="+", default=None,
+                    help="also decode these splits with the GMM: OUT/decode_<split>/{hyp,wer}.txt")
+    sp.add_argument("--acoustic-scale", type=float, default=0.1, help="acoustic scale for --decode-split")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> None:
+    from hfasr.config import load_config
+    from hfasr.gmm.train import GmmConfig, train_gmm
+
+    cfg = load_config(GmmConfig, args.config, {"num_jobs": args.num_jobs})
+    model = train_gmm(args.data_dir, args.task, args.lang, args.out, cfg, progress=not args.quiet)
+    print(f"{args.out}: {model.num_pdfs} pdfs, {model.am.num_gauss} Gaussians")
+    for split in args.decode_split or []:
+        decode_split(args, split)
+
+
+def decode_split(args: argparse.Namespace, split: str) -> None:
+    """GMM-decode ``split`` into ``OUT/decode_<split>/`` (hyp.txt, ref.txt, wer.txt, errs-<split>.txt)."""
+    from lhotse import load_manifest
+
+    from hfasr.data.corpora import manifest_path
+    from hfasr.decode.score import bootstrap_ci, score, write_results, write_text
+    from hfasr.errors import DataError
+    from hfasr.gmm.decode import decode_gmm
+
+    path = manifest_path(args.data_dir, args.task, split, "feats")
+    if not path.is_file():
+        raise DataError(f"{path}: feature manifest not found; run `hfasr features` first")
+    cuts = load_manifest(path)
+    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).split() for c in cuts}
+    hyps = {cid: words.split() for cid, words in
+            decode_gmm(args.out, cuts, acoustic_scale=args.acoustic_scale, progress=not args.quiet)}
+    out = args.out / f"decode_{split}"
+    write_text(out / "hyp.txt", hyps)
+    write_text(out / "ref.txt", refs)
+    result = score(refs, hyps)
+    wer = write_results(out, split, result, bootstrap_ci(result))
+    print(f"GMM {split} (acoustic scale {args.acoustic_scale:g}): " + " ".join(wer.read_text().split("\n")[:1]))

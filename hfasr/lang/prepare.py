@@ -1,0 +1,219 @@
+"""``hfasr lang``: build a lang dir (lexicon, phone/word tables, topology, L, G) for a task.
+
+Files written (``docs/formats.md``, "Lang dir"): ``phones.txt``, ``words.txt``,
+``lexicon.txt``, ``topo``, ``disambig.int``, ``L.fst``, ``L_disambig.fst``, ``lm.arpa``,
+``G.fst``, ``lm_weak.arpa``, ``G_weak.fst`` and ``config.yaml`` (the resolved
+:class:`LangConfig`). :class:`Lang` loads such a directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from hfasr.config import save_config
+from hfasr.errors import DataError
+from hfasr.lang.arpa import train_witten_bell
+from hfasr.lang.graphs import (
+    arpa_to_fst,
+    make_lexicon_fst,
+    make_topo,
+    read_symbols,
+    read_topo,
+    write_symbols,
+)
+from hfasr.lang.lexicon import Lexicon, add_lex_disambig, builtin_lexicon_path, check_coverage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LangConfig:
+    """Options of ``hfasr lang``."""
+
+    lm_order: int = 3  # n-gram order of G (interpolated Witten-Bell, trained on lm_splits)
+    weak_lm_order: int = 1  # order of G_weak (the weak LM for lattice generation)
+    lm_splits: list[str] = field(default_factory=lambda: ["train"])  # transcripts the LMs are trained on
+    check_splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])  # must be covered by the lexicon
+    vocab: Literal["lexicon", "transcripts"] = "lexicon"  # words.txt: every lexicon word, or only those in check_splits
+    sil_prob: float = 0.5  # probability of optional silence between words in L
+    sil_phone: str = "SIL"  # the silence phone (added to the phone set if the lexicon lacks it)
+    num_nonsil_states: int = 3  # emitting HMM states of a non-silence phone (left to right)
+    num_sil_states: int = 5  # emitting HMM states of the silence phone (Kaldi's silence topology)
+    strip_stress: bool = True  # strip ARPAbet stress digits (AH0 -> AH) from a user lexicon's phones
+
+
+def read_transcripts(data_dir: Path, task: str, split: str) -> tuple[list[tuple[str, str]], Path]:
+    """``(cut_id, text)`` of ``<task>_cuts_<split>`` (or ``_feats_``) and the manifest's path."""
+    from lhotse import load_manifest_lazy
+
+    from hfasr.data.corpora import manifest_path
+
+    path = manifest_path(data_dir, task, split)
+    if not path.is_file():
+        alt = manifest_path(data_dir, task, split, "feats")
+        if not alt.is_file():
+            raise DataError(f"{path}: manifest not found; run `hfasr prepare` first")
+        path = alt
+    out = []
+    for cut in load_manifest_lazy(path):
+        if not cut.supervisions or not (cut.supervisions[0].text or "").strip():
+            raise DataError(f"cut '{cut.id}' in {path} has no transcript")
+        out.append((cut.id, " ".join(s.text for s in cut.supervisions)))
+    return out, path
+
+
+def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConfig | None = None,
+                 lexicon: str | Path | None = None) -> Lang:
+    """Build the lang dir ``out`` for ``task`` from the transcripts in ``data_dir``.
+
+    ``lexicon`` (a ``WORD PHONE...`` file) is required for tasks without a built-in lexicon.
+    Raises DataError naming the word and the utterance when a transcript word is missing from
+    the lexicon.
+    """
+    cfg = cfg or LangConfig()
+    data_dir, out = Path(data_dir), Path(out)
+    if lexicon is None:
+        lexicon = builtin_lexicon_path(task)
+        if lexicon is None:
+            raise DataError(f"task '{task}' has no built-in lexicon; pass --lexicon FILE")
+        lex = Lexicon.read(lexicon)
+    else:
+        lex = Lexicon.read(lexicon, strip_stress_digits=cfg.strip_stress)
+    log.info("lexicon %s: %d words", lexicon, len(lex))
+
+    used: set[str] = set()
+    lm_text: list[list[str]] = []
+    for split in dict.fromkeys(cfg.check_splits + cfg.lm_splits):
+        trans, path = read_transcripts(data_dir, task, split)
+        used |= check_coverage(lex, trans, str(path))
+        if split in cfg.lm_splits:
+            lm_text += [t.split() for _, t in trans]
+    if cfg.vocab == "transcripts":
+        lex = lex.restrict(used)
+    return build_lang(lex, lm_text, out, cfg)
+
+
+def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: LangConfig | None = None) -> Lang:
+    """Write the lang dir ``out`` for lexicon ``lex`` with LMs trained on ``lm_text`` (word lists)."""
+    cfg = cfg or LangConfig()
+    out = Path(out)
+    # phones: <eps>, SIL, non-silence phones, #0..#k (k: lexicon disambig + one for silence)
+    entries = lex.entries()
+    dis_entries, max_dis = add_lex_disambig(entries)
+    ndis = max_dis + 1
+    nonsil = [p for p in lex.phones if p != cfg.sil_phone]
+    phone_list = ["<eps>", cfg.sil_phone] + nonsil + [f"#{i}" for i in range(ndis + 1)]
+    phone2id = {p: i for i, p in enumerate(phone_list)}
+    word_list = ["<eps>"] + lex.words + ["#0", "<s>", "</s>"]
+    word2id = {w: i for i, w in enumerate(word_list)}
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_symbols(out / "phones.txt", phone2id)
+    write_symbols(out / "words.txt", word2id)
+    lex.write(out / "lexicon.txt")
+    disambig = [phone2id[f"#{i}"] for i in range(ndis + 1)]
+    (out / "disambig.int").write_text("".join(f"{d}\n" for d in disambig))
+    (out / "topo").write_text(make_topo([phone2id[p] for p in nonsil], [phone2id[cfg.sil_phone]],
+                                        cfg.num_nonsil_states, cfg.num_sil_states))
+
+    L = make_lexicon_fst(entries, phone2id, word2id, cfg.sil_prob, cfg.sil_phone)
+    L.write(str(out / "L.fst"))
+    Ld = make_lexicon_fst(dis_entries, phone2id, word2id, cfg.sil_prob, cfg.sil_phone,
+                          sil_disambig=f"#{ndis}", word_disambig="#0")
+    Ld.write(str(out / "L_disambig.fst"))
+
+    for name, order in (("lm", cfg.lm_order), ("lm_weak", cfg.weak_lm_order)):
+        lm = train_witten_bell(lm_text, lex.words, order)
+        lm.write_arpa(out / f"{name}.arpa")
+        g = arpa_to_fst(out / f"{name}.arpa", out / "words.txt")
+        g.write(str(out / ("G.fst" if name == "lm" else "G_weak.fst")))
+    save_config(cfg, out / "config.yaml")
+    log.info("lang dir %s: %d words, %d phones (+%d disambig), %d-gram LM on %d sentences",
+             out, len(lex), len(nonsil) + 1, len(disambig), cfg.lm_order, len(lm_text))
+    return Lang(out)
+
+
+class Lang:
+    """A lang dir written by :func:`prepare_lang` (files are read on first use)."""
+
+    FILES = ("phones.txt", "words.txt", "lexicon.txt", "topo", "disambig.int", "L.fst", "L_disambig.fst",
+             "G.fst", "G_weak.fst")
+
+    def __init__(self, path: str | Path) -> None:
+        self.dir = Path(path)
+        if not self.dir.is_dir():
+            raise DataError(f"lang dir not found: {self.dir}; run `hfasr lang` first")
+        for f in self.FILES:
+            if not (self.dir / f).is_file():
+                raise DataError(f"{self.dir / f}: missing from the lang dir; rerun `hfasr lang`")
+
+    @cached_property
+    def phones(self) -> dict[str, int]:
+        return read_symbols(self.dir / "phones.txt")
+
+    @cached_property
+    def words(self) -> dict[str, int]:
+        return read_symbols(self.dir / "words.txt")
+
+    @cached_property
+    def id2word(self) -> dict[int, str]:
+        return {i: w for w, i in self.words.items()}
+
+    @cached_property
+    def id2phone(self) -> dict[int, str]:
+        return {i: p for p, i in self.phones.items()}
+
+    @cached_property
+    def disambig(self) -> list[int]:
+        """Phone ids of ``#0..#k``."""
+        return [int(x) for x in (self.dir / "disambig.int").read_text().split()]
+
+    @cached_property
+    def sil_phone(self) -> int:
+        return 1
+
+    @cached_property
+    def lexicon(self) -> Lexicon:
+        return Lexicon.read(self.dir / "lexicon.txt")
+
+    @property
+    def topo_text(self) -> str:
+        return (self.dir / "topo").read_text()
+
+    def topo(self):
+        """A fresh :class:`khg.HmmTopology`."""
+        return read_topo(self.topo_text)
+
+    def _fst(self, name: str):
+        from hfasr._kaldi import kaldifst
+
+        fst = kaldifst.StdVectorFst.read(str(self.dir / name))
+        if fst is None:
+            raise DataError(f"{self.dir / name}: cannot read the FST")
+        return fst
+
+    def L(self):
+        return self._fst("L.fst")
+
+    def L_disambig(self):
+        return self._fst("L_disambig.fst")
+
+    def G(self, weak: bool = False):
+        return self._fst("G_weak.fst" if weak else "G.fst")
+
+    def word_ids(self, text: str, utt: str = "?") -> list[int]:
+        """Word ids of a transcript; DataError naming the word and utterance if one is missing."""
+        ids = []
+        for w in text.split():
+            i = self.words.get(w)
+            if i is None or w in ("<eps>", "#0", "<s>", "</s>"):
+                raise DataError(f"word '{w}' of utterance '{utt}' is not in {self.dir / 'words.txt'}")
+            ids.append(i)
+        return ids
+
+    def words_of(self, ids: list[int]) -> list[str]:
+        return [self.id2word[i] for i in ids if i != 0]
