@@ -98,7 +98,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     save_model(path, m, epoch=3, note="x")
     raw = torch.load(path, weights_only=True)
     assert raw["model_config"] == {"arch": "dnn", "input_dim": 3, "num_outputs": 5, "hidden_dim": 8,
-                                   "num_layers": 2, "context": 2, "activation": "relu"}
+                                   "num_layers": 2, "context": 2, "activation": "relu", "utt_cmn": False}
     assert raw["epoch"] == 3 and not (tmp_path / "m.pt.tmp").exists()
     m2 = load_model(path)
     assert isinstance(m2, DNN) and not m2.training and m2.activation == "relu"
@@ -165,3 +165,20 @@ def test_compute_loglikes():
     torch.testing.assert_close(compute_loglikes(m, feats, None).exp().sum(-1), torch.ones(9))
     with pytest.raises(DataError, match="prior has 4 pdfs"):
         compute_loglikes(m, feats, torch.zeros(4))
+
+
+def test_utterance_cmn_consistent_between_training_rows_and_forward():
+    from hfasr.data.frames import FrameData
+
+    torch.manual_seed(0)
+    m = DNN(3, 4, hidden_dim=5, num_layers=1, context=1, utt_cmn=True).eval()
+    x = torch.randn(1, 7, 3) + 5
+    fd = FrameData(["u"], [x[0].clone()], [torch.zeros(7, dtype=torch.long)], 4)
+    fd.apply_utterance_cmn()
+    rows = fd.spliced(torch.arange(7), 1)
+    lens = torch.tensor([7])
+    assert torch.allclose(m(x, lens)[0], m.forward_spliced(rows), atol=1e-5)
+    assert torch.allclose(m(x + 3.0, lens), m(x, lens), atol=1e-5)  # invariant to a constant offset
+    # padding does not leak into the mean
+    xp = torch.cat([x, 100 * torch.ones(1, 3, 3)], 1)
+    assert torch.allclose(m(xp, lens)[0, :7], m(x, lens)[0], atol=1e-5)

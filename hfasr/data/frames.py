@@ -157,6 +157,13 @@ class FrameData:
         return torch.bincount(self.targets, minlength=self.num_pdfs).double()
 
     # --- access --------------------------------------------------------------------------------
+    def apply_utterance_cmn(self) -> None:
+        """Subtract each utterance's mean feature vector (in place), as ``DNN(utt_cmn=True)``
+        does on its input, so that spliced training rows match what the model sees."""
+        for u in range(len(self)):
+            s, e = int(self.offsets[u]), int(self.offsets[u + 1])
+            self.feats[s:e] -= self.feats[s:e].mean(0, keepdim=True)
+
     def utterance(self, u: int) -> tuple[Tensor, Tensor]:
         """Features (T, F) and targets (T,) of utterance ``u``."""
         s, e = int(self.offsets[u]), int(self.offsets[u + 1])

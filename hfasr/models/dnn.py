@@ -42,6 +42,7 @@ class DNNConfig:
     num_layers: int = 4  # hidden layers
     context: int = 5  # frames spliced on each side (input = (2·context + 1)·F)
     activation: Activation = "sigmoid"  # hidden nonlinearity
+    utt_cmn: bool = False  # subtract each utterance's feature mean first (speaker/channel normalisation)
 
     def __post_init__(self) -> None:
         if self.hidden_dim < 1:
@@ -82,6 +83,16 @@ def splice(x: Tensor, context: int, lengths: Tensor | None = None) -> Tensor:
     return x[b, idx].reshape(B, T, (2 * context + 1) * F)
 
 
+def utterance_cmn(x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """Subtract each utterance's mean over its valid frames from padded features (B, T, F)."""
+    B, T, _ = x.shape
+    if lengths is None:
+        return x - x.mean(1, keepdim=True)
+    mask = (torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)[..., None]
+    mean = (x * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+    return x - mean
+
+
 class DNN(nn.Module):
     """Sigmoid / tanh / ReLU DNN on spliced frames: (B, T, F) (+ lengths) → (B, T, K) logits.
 
@@ -95,9 +106,11 @@ class DNN(nn.Module):
     """
 
     def __init__(self, input_dim: int, num_outputs: int, hidden_dim: int = 256, num_layers: int = 4,
-                 context: int = 5, activation: Activation = "sigmoid") -> None:
+                 context: int = 5, activation: Activation = "sigmoid", utt_cmn: bool = False) -> None:
         super().__init__()
-        cfg = DNNConfig(hidden_dim=hidden_dim, num_layers=num_layers, context=context, activation=activation)
+        cfg = DNNConfig(hidden_dim=hidden_dim, num_layers=num_layers, context=context, activation=activation,
+                        utt_cmn=utt_cmn)
+        self.utt_cmn = utt_cmn
         self.input_dim = input_dim
         self.num_outputs = num_outputs
         self.context = context
@@ -149,6 +162,8 @@ class DNN(nn.Module):
         """Logits (B, T, K) of padded features ``x`` (B, T, F); ``lengths`` (B,) valid frames."""
         if x.dim() != 3 or x.shape[-1] != self.input_dim:
             raise ValueError(f"DNN expects features (B, T, {self.input_dim}), got {tuple(x.shape)}")
+        if self.utt_cmn:
+            x = utterance_cmn(x, lengths)
         x = (x - self.cmvn_mean) / self.cmvn_std
         return self._layers(splice(x, self.context, lengths))
 

@@ -418,6 +418,12 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, task: str, ali_dir: str
     log.info("%s: %d cuts / %d frames; %s: %d cuts / %d frames; %d pdfs", cfg.train_split, len(train),
              train.num_frames, cfg.dev_split, len(dev), dev.num_frames, train.num_pdfs)
     cmvn = load_stats(Path(data_dir) / f"{task}_stats.pt")
+    if getattr(getattr(cfg, cfg.model), "utt_cmn", False):
+        # the model removes each utterance's mean itself (forward); the frame-level training
+        # data must match, and the global CMVN is then taken over the mean-removed frames
+        for d in (train, dev):
+            d.apply_utterance_cmn()
+        cmvn = (train.feats.mean(0), train.feats.std(0).clamp(min=1e-5))
     trainer = Trainer(cfg, train, dev, out, cmvn=cmvn, progress=progress)
     if resume and ckpt.is_file():
         trainer.load_checkpoint(ckpt)
