@@ -87,7 +87,8 @@ def test_gv_equals_explicit(kind, mode):
     assert float(v @ gn(v)) >= -1e-12
 
 
-def test_structural_damping_term():
+@pytest.mark.parametrize("mode", ["linearize", "double-vjp"])
+def test_structural_damping_term(mode):
     torch.manual_seed(1)
     model = TinyRNN(structural=True).double()
     x = torch.randn(2, 4, 3, dtype=torch.float64)
@@ -109,7 +110,7 @@ def test_structural_damping_term():
     mu = 0.3
     G = (Jz.T @ _softmax_block(z) @ Jz + mu * Ja.T @ D @ Ja) / 5.0
     gn = GaussNewton(lambda ps: functional_call(model, dict(zip(names, ps)), (x,)), params, lambda zz: SoftmaxFisher(zz),
-                     normalizer=5.0, structural_weights=lambda acts: [1 - torch.tanh(acts[0]) ** 2])
+                     normalizer=5.0, structural_weights=lambda acts: [1 - torch.tanh(acts[0]) ** 2], jvp_mode=mode)
     v = torch.randn(theta.numel(), dtype=torch.float64)
     assert torch.allclose(gn(v, mu), G @ v, atol=1e-10, rtol=1e-6)
 

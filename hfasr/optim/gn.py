@@ -104,13 +104,16 @@ class GaussNewton:
         return self._double_vjp_jvp(vt)
 
     def _double_vjp_jvp(self, vt):
-        # J v = ∂/∂u ⟨Jᵀ u, v⟩ : build Jᵀ u with u requiring grad, then differentiate w.r.t. u.
+        # J v = ∂/∂u ⟨Jᵀ u, v⟩ : build Jᵀ u with the cotangent u requiring grad, then
+        # differentiate with respect to u (for every output: z and, with structural damping, a_i).
         u = torch.zeros_like(self.z, requires_grad=True)
+        ua = [torch.zeros_like(a, requires_grad=True) for a in self._zero_acts] if self.structural else []
         with torch.enable_grad():
-            jtu = self._vjp(u)[0]
+            jtu = self._vjp((u, ua) if self.structural else u)[0]
             inner = sum((a * b).sum() for a, b in zip(jtu, vt))
-            (jv,) = torch.autograd.grad(inner, u)
-        return jv
+            grads = torch.autograd.grad(inner, [u, *ua], allow_unused=True)
+        grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, [u, *ua])]
+        return (grads[0], grads[1:]) if self.structural else grads[0]
 
     def sample_gradient(self, generator: torch.Generator) -> Tensor:
         """Jᵀ s with E[s sᵀ] = H_z: (Jᵀ s)² is an unbiased estimate of diag(G)·normalizer²."""
