@@ -98,7 +98,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     save_model(path, m, epoch=3, note="x")
     raw = torch.load(path, weights_only=True)
     assert raw["model_config"] == {"arch": "dnn", "input_dim": 3, "num_outputs": 5, "hidden_dim": 8,
-                                   "num_layers": 2, "context": 2, "activation": "relu", "utt_cmn": False}
+                                   "num_layers": 2, "context": 2, "activation": "relu", "utt_cmn": False, "init": "glorot"}
     assert raw["epoch"] == 3 and not (tmp_path / "m.pt.tmp").exists()
     m2 = load_model(path)
     assert isinstance(m2, DNN) and not m2.training and m2.activation == "relu"
@@ -182,3 +182,10 @@ def test_utterance_cmn_consistent_between_training_rows_and_forward():
     # padding does not leak into the mean
     xp = torch.cat([x, 100 * torch.ones(1, 3, 3)], 1)
     assert torch.allclose(m(xp, lens)[0, :7], m(x, lens)[0], atol=1e-5)
+
+
+def test_sparse_init_has_15_inputs_per_unit():
+    m = DNN(10, 4, hidden_dim=20, num_layers=2, context=1, init="sparse")
+    for lin in list(m.hidden) + [m.output]:
+        assert ((lin.weight != 0).sum(1) == min(15, lin.weight.shape[1])).all()
+        assert (lin.bias == 0).all()

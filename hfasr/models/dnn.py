@@ -43,6 +43,7 @@ class DNNConfig:
     context: int = 5  # frames spliced on each side (input = (2·context + 1)·F)
     activation: Activation = "sigmoid"  # hidden nonlinearity
     utt_cmn: bool = False  # subtract each utterance's feature mean first (speaker/channel normalisation)
+    init: Literal["glorot", "sparse"] = "glorot"  # sparse: Martens (2010), 15 N(0,1) inputs per unit
 
     def __post_init__(self) -> None:
         if self.hidden_dim < 1:
@@ -106,10 +107,12 @@ class DNN(nn.Module):
     """
 
     def __init__(self, input_dim: int, num_outputs: int, hidden_dim: int = 256, num_layers: int = 4,
-                 context: int = 5, activation: Activation = "sigmoid", utt_cmn: bool = False) -> None:
+                 context: int = 5, activation: Activation = "sigmoid", utt_cmn: bool = False,
+                 init: str = "glorot") -> None:
         super().__init__()
         cfg = DNNConfig(hidden_dim=hidden_dim, num_layers=num_layers, context=context, activation=activation,
-                        utt_cmn=utt_cmn)
+                        utt_cmn=utt_cmn, init=init)
+        self.init = init
         self.utt_cmn = utt_cmn
         self.input_dim = input_dim
         self.num_outputs = num_outputs
@@ -135,7 +138,18 @@ class DNN(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Glorot-uniform weights (He-uniform for ReLU hidden layers), zero biases."""
+        """Glorot-uniform weights (He-uniform for ReLU hidden layers), zero biases; or Martens'
+        sparse initialisation (``init="sparse"``: 15 non-zero N(0, 1) incoming weights per unit)."""
+        if getattr(self, "init", "glorot") == "sparse":
+            for lin in list(self.hidden) + [self.output]:
+                w = torch.zeros_like(lin.weight)
+                k = min(15, w.shape[1])
+                for i in range(w.shape[0]):
+                    w[i, torch.randperm(w.shape[1])[:k]] = torch.randn(k)
+                with torch.no_grad():
+                    lin.weight.copy_(w)
+                nn.init.zeros_(lin.bias)
+            return
         for lin in list(self.hidden) + [self.output]:
             if self.activation == "relu" and lin is not self.output:
                 nn.init.kaiming_uniform_(lin.weight, nonlinearity="relu")
