@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--ali-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=8, help="first-order epochs")
-    ap.add_argument("--hf-updates", type=int, default=20)
+    ap.add_argument("--hf-updates", type=int, default=60)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -79,8 +79,13 @@ def main() -> None:
     runs = {
         "adam": {**common, "optimizer": "adam", "lr": 1e-3, "epochs": args.epochs, "lr_schedule": "newbob"},
         "sgd": {**common, "optimizer": "sgd", "lr": 0.1, "epochs": args.epochs, "lr_schedule": "newbob"},
-        "hf": {**common, "optimizer": "hf", "epochs": args.hf_updates, "lr_schedule": "constant",
-               "hf": {"updates_per_epoch": 1, "curvature_fraction": 0.02, "optimizer": {"cg_max_iters": 100, "damping": 1.0}}},
+        # the settings of recipes/fsdd/conf/train_hf.yaml: Martens' sparse init, small initial
+        # damping, rho / backtracking / line search on 5% held-out training frames
+        "hf": {**common, "dnn": {**common["dnn"], "init": "sparse"}, "optimizer": "hf", "epochs": args.hf_updates,
+               "lr_schedule": "constant",
+               "hf": {"updates_per_epoch": 1, "curvature_fraction": 0.02, "heldout_fraction": 0.05,
+                      "optimizer": {"cg_max_iters": 100, "damping": 0.01, "rho_data": "heldout",
+                                    "backtrack_data": "heldout", "linesearch_data": "heldout"}}},
     }
     curves = {}
     for name, d in runs.items():
