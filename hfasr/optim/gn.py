@@ -85,7 +85,6 @@ class GaussNewton:
             z = out
         self.z = z.detach()
         self.curvature = curvature(self.z)
-        self.mu = 0.0
 
     def __call__(self, v: Tensor, structural_mu: float = 0.0) -> Tensor:
         """G v for a flat vector v (plus μ·J_aᵀ D J_a v when structural damping is on)."""

@@ -242,7 +242,6 @@ class HessianFree(torch.optim.Optimizer):
         loss0, g, g2 = objective.gradient(self.generator)
         if not math.isfinite(loss0) or not torch.isfinite(g).all():
             raise FloatingPointError(f"HF update {self.updates + 1}: non-finite loss/gradient at the current parameters ({loss0})")
-        g_fresh = g
         g, w_used = self._combine_gradients(objective, g)
         if eta:
             loss0 += 0.5 * eta * float(theta.pow(2).sum())
@@ -340,7 +339,6 @@ class HessianFree(torch.optim.Optimizer):
         self.damping = new_lam
         stats.fresh_weight = w_used
         self._adapt_weight(stats)
-        del g_fresh
         return self._finish(stats, t0, products, counts)
 
     def _boost(self, lam: float) -> float:
