@@ -5,7 +5,7 @@
 #   1 prepare   fsdd_iso, fsdd_spk, fsdd_conn manifests
 #   2 features  fbank (lilcom) + global CMVN stats
 #   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh) for each task
-# Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M]
+# Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M] [--data DIR] [--exp DIR] [--conf DIR]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -15,6 +15,7 @@ nj=2
 corpus_dir=""
 data=$here/data
 exp=$here/exp
+conf=$here/conf  # YAML configs of every stage
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
@@ -24,7 +25,6 @@ if [ -z "$corpus_dir" ]; then
   stage_run 0 download hfasr prepare fsdd --download --out "$data"
   corpus_dir=$(ls -d "$data"/download/free-spoken-digit-dataset-* | head -1)
 fi
-stage_run 1 prepare hfasr prepare fsdd --corpus-dir "$corpus_dir" --out "$data" --config "$here/conf/prepare.yaml"
-stage_run 2 features hfasr features "$data" --task fsdd_conn fsdd_spk fsdd_iso --config "$here/conf/fbank.yaml"
-conf=$here/conf
+stage_run 1 prepare hfasr prepare fsdd --corpus-dir "$corpus_dir" --out "$data" --config "$conf/prepare.yaml"
+stage_run 2 features hfasr features "$data" --task fsdd_conn fsdd_spk fsdd_iso --config "$conf/fbank.yaml"
 . "$root/tools/hybrid.sh"

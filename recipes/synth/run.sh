@@ -4,7 +4,7 @@
 #   1 prepare   synthesize train/dev/test (speaker-independent test voices) -> lhotse manifests
 #   2 features  fbank (lilcom) + global CMVN stats
 #   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh)
-# Usage: recipes/synth/run.sh [--stage N] [--stop-stage M] [--nj J] [--data DIR]
+# Usage: recipes/synth/run.sh [--stage N] [--stop-stage M] [--nj J] [--data DIR] [--exp DIR] [--conf DIR]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -13,12 +13,12 @@ stop_stage=100
 nj=2
 data=$here/data
 exp=$here/exp
+conf=$here/conf  # YAML configs of every stage
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
 task=synth
 
-stage_run 1 prepare hfasr prepare synth --out "$data" --config "$here/conf/synth.yaml" --num-jobs "$nj"
-stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
-conf=$here/conf
+stage_run 1 prepare hfasr prepare synth --out "$data" --config "$conf/synth.yaml" --num-jobs "$nj"
+stage_run 2 features hfasr features "$data" --task $task --config "$conf/fbank.yaml"
 . "$root/tools/hybrid.sh"

@@ -4,7 +4,7 @@
 #   1 prepare   lhotse manifests
 #   2 features  fbank (lilcom) + global CMVN stats
 #   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh)
-# Usage: recipes/yesno/run.sh [--corpus-dir DIR/waves_yesno] [--stage N] [--stop-stage M]
+# Usage: recipes/yesno/run.sh [--corpus-dir DIR/waves_yesno] [--stage N] [--stop-stage M] [--data DIR] [--exp DIR] [--conf DIR]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -14,6 +14,7 @@ nj=1
 corpus_dir=""
 data=$here/data
 exp=$here/exp
+conf=$here/conf  # YAML configs of every stage
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
@@ -24,6 +25,5 @@ if [ -z "$corpus_dir" ]; then
   stage_run 0 download python -c "from lhotse.recipes import download_yesno; download_yesno('$here/download')"
 fi
 stage_run 1 prepare hfasr prepare yesno --corpus-dir "$corpus_dir" --out "$data"
-stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
-conf=$here/conf
+stage_run 2 features hfasr features "$data" --task $task --config "$conf/fbank.yaml"
 . "$root/tools/hybrid.sh"
