@@ -1,0 +1,266 @@
+"""``hfasr report EXP_DIR [EXP_DIR ...] --out PREFIX``: compare sequence-training runs.
+
+Each ``EXP_DIR`` holds ``history.jsonl``, one JSON object per evaluation point::
+
+    {"run": "hf-smbr", "optimizer": "hf", "criterion": "smbr", "update": 3, "wall_s": 812.4,
+     "dev_obj": -0.8312, "heldout_obj": -0.83, "train_obj": -0.85, "dev_acc": 0.71, "dev_wer": 9.4}
+
+``run`` (label), ``optimizer`` (``hf`` / ``sgd`` / ...), ``criterion`` (``smbr`` / ``mmi`` /
+...), ``update`` (HF update or SGD epoch; 0 = the initial CE model), ``wall_s`` (cumulative
+training seconds) and ``dev_obj`` (dev sequence objective per frame, lower is better) are
+required; ``heldout_obj``, ``train_obj``, ``dev_acc`` and ``dev_wer`` (percent) may be missing
+or null. Blank lines are skipped; unknown keys are ignored; one file holds one run (one
+``run`` label). A repeated ``update`` (a resumed run) replaces the earlier line. An optional
+``EXP_DIR/decode_test/wer.txt`` (Kaldi ``%WER`` line and ``95% CI [lo, hi]``, as written by
+``hfasr decode`` / ``hfasr score``) gives the test WER.
+
+Writes ``PREFIX.png`` (dev objective and dev WER against updates and against wall time, one
+line per run) and ``PREFIX.md`` (also printed): a table per run and, for every ordered pair of
+runs with the same criterion, the wall time each needs to first reach the other's final dev
+objective (:func:`time_to_target`) and the ratio of the two times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfasr.bin.results import parse_wer
+from hfasr.errors import DataError
+
+HELP = "plots and tables comparing sequence-training runs (objective / WER vs updates and wall time)"
+
+REQUIRED = {"run": str, "optimizer": str, "criterion": str, "update": int, "wall_s": float, "dev_obj": float}
+OPTIONAL = ("heldout_obj", "train_obj", "dev_acc", "dev_wer")
+
+
+@dataclass
+class Point:
+    """One line of ``history.jsonl``."""
+
+    update: int
+    wall_s: float
+    dev_obj: float
+    heldout_obj: float | None = None
+    train_obj: float | None = None
+    dev_acc: float | None = None
+    dev_wer: float | None = None
+
+
+@dataclass
+class Run:
+    """One experiment dir: its labels, points (in update order) and test WER if decoded."""
+
+    run: str
+    optimizer: str
+    criterion: str
+    exp_dir: Path
+    points: list[Point] = field(default_factory=list)
+    test_wer: dict | None = None  # parse_wer's dict: wer, errors, words, ci (or None), line
+
+    @property
+    def final(self) -> Point:
+        return self.points[-1]
+
+    @property
+    def best_dev_obj(self) -> float:
+        vals = [p.dev_obj for p in self.points if not math.isnan(p.dev_obj)]
+        return min(vals) if vals else math.nan
+
+    @property
+    def final_dev_wer(self) -> float | None:
+        wers = [p.dev_wer for p in self.points if p.dev_wer is not None]
+        return wers[-1] if wers else None
+
+
+def _number(value, path: Path, lineno: int, key: str, kind: type) -> float | int:
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DataError(f"{path}:{lineno}: '{key}' must be an integer >= 0, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{path}:{lineno}: '{key}' must be a number, got {value!r}")
+    return float(value)
+
+
+def read_history(exp_dir: str | Path) -> Run:
+    """Read ``EXP_DIR/history.jsonl`` (and ``decode_test/wer.txt`` if present) into a :class:`Run`.
+
+    Raises :class:`DataError` naming the file (and line) for a missing or empty file, a line
+    that is not a JSON object, a missing or mistyped required key, a negative update, a
+    non-finite ``wall_s``, or a second ``run`` label in the same file.
+    """
+    exp_dir = Path(exp_dir)
+    path = exp_dir / "history.jsonl"
+    if not path.is_file():
+        raise DataError(f"history file not found: {path}")
+    run: Run | None = None
+    by_update: dict[int, Point] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        for key, kind in REQUIRED.items():
+            if rec.get(key) is None:
+                raise DataError(f"{path}:{lineno}: missing key '{key}'")
+            if kind is str and not isinstance(rec[key], str):
+                raise DataError(f"{path}:{lineno}: '{key}' must be a string, got {rec[key]!r}")
+        vals = {k: _number(rec[k], path, lineno, k, kind) for k, kind in REQUIRED.items() if kind is not str}
+        if not math.isfinite(vals["wall_s"]):
+            raise DataError(f"{path}:{lineno}: 'wall_s' must be finite, got {rec['wall_s']!r}")
+        opt = {k: None if rec.get(k) is None else _number(rec[k], path, lineno, k, float) for k in OPTIONAL}
+        if run is None:
+            run = Run(run=rec["run"], optimizer=rec["optimizer"], criterion=rec["criterion"], exp_dir=exp_dir)
+        elif rec["run"] != run.run:
+            raise DataError(f"{path}:{lineno}: run '{rec['run']}' differs from '{run.run}' of the earlier "
+                            "lines (one run per history file)")
+        by_update[vals["update"]] = Point(**vals, **opt)
+    if run is None:
+        raise DataError(f"{path}: no records")
+    run.points = [by_update[u] for u in sorted(by_update)]
+    wer = exp_dir / "decode_test" / "wer.txt"
+    if wer.is_file():
+        run.test_wer = parse_wer(wer)
+        if not run.test_wer:
+            raise DataError(f"{wer}: no Kaldi '%WER x.xx [ e / n, i ins, d del, s sub ]' line")
+    return run
+
+
+def time_to_target(run: Run, target: float) -> Point | None:
+    """The first point (in update order) with ``dev_obj <= target``, or None if never reached."""
+    for p in run.points:
+        if p.dev_obj <= target:
+            return p
+    return None
+
+
+@dataclass
+class Comparison:
+    """How fast ``run`` reaches ``other``'s final dev objective, against ``other`` itself."""
+
+    run: str
+    other: str
+    target: float  # other's final dev objective
+    run_time: float | None  # first wall_s where run's dev_obj <= target (None: not reached)
+    run_update: int | None
+    other_time: float  # first wall_s where other's dev_obj <= target (<= its final wall_s)
+
+    @property
+    def ratio(self) -> float | None:
+        """``other_time / run_time``: how many times less wall time ``run`` needs (None if not reached)."""
+        if self.run_time is None:
+            return None
+        return math.inf if self.run_time == 0 else self.other_time / self.run_time
+
+    def line(self) -> str:
+        head = f"time for {self.run} to reach {self.other}'s final dev objective ({self.target:.4f}):"
+        if self.run_time is None:
+            return f"{head} not reached ({self.other} reaches it at {self.other_time:.0f} s)"
+        r = self.ratio
+        ratio = "∞" if r == math.inf else f"{r:.2f}"
+        return (f"{head} {self.run_time:.0f} s (update {self.run_update}); {self.other} first reaches it at "
+                f"{self.other_time:.0f} s; ratio {self.other}/{self.run} = {ratio}x")
+
+
+def compare(run: Run, other: Run) -> Comparison:
+    """Time for ``run`` to reach ``other``'s final dev objective, and ``other``'s own time to it."""
+    target = other.final.dev_obj
+    hit = time_to_target(run, target)
+    own = time_to_target(other, target)
+    return Comparison(run=run.run, other=other.run, target=target, run_time=None if hit is None else hit.wall_s,
+                      run_update=None if hit is None else hit.update,
+                      other_time=own.wall_s if own is not None else other.final.wall_s)
+
+
+def comparisons(runs: list[Run]) -> list[Comparison]:
+    """Every ordered pair of distinct runs with the same criterion (objectives of different
+    criteria are not comparable)."""
+    return [compare(a, b) for a in runs for b in runs if a is not b and a.criterion == b.criterion]
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def markdown(runs: list[Run]) -> str:
+    """The report as markdown: the per-run table and the time-to-target lines."""
+    header = ("| run | optimizer | criterion | updates | wall s | final dev obj | best dev obj | final dev %WER "
+              "| test %WER [95% CI] |")
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in runs:
+        test = "-"
+        if r.test_wer:
+            ci = r.test_wer["ci"]
+            test = f"{r.test_wer['wer']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        lines.append(f"| {r.run} | {r.optimizer} | {r.criterion} | {r.final.update} | {r.final.wall_s:.0f} "
+                     f"| {_fmt(r.final.dev_obj)} | {_fmt(r.best_dev_obj)} | {_fmt(r.final_dev_wer, '.2f')} | {test} |")
+    comps = comparisons(runs)
+    if comps:
+        lines += ["", ("Time to reach another run's final dev objective (first wall time with dev objective "
+                       "<= target; ratio = the other run's own first time to that objective / this run's):"), ""]
+        lines += [f"- {c.line()}" for c in comps]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], path: str | Path) -> None:
+    """2x2 PNG: dev objective and dev WER against update and against wall time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    for row, (key, ylabel) in enumerate([("dev_obj", "dev objective / frame (lower is better)"),
+                                         ("dev_wer", "dev %WER")]):
+        for col, (xkey, xlabel) in enumerate([("update", "update (HF update / SGD report)"),
+                                              ("wall_s", "wall time (s)")]):
+            ax = axes[row][col]
+            drawn = False
+            for r in runs:
+                pts = [p for p in r.points if getattr(p, key) is not None]
+                if pts:
+                    ax.plot([getattr(p, xkey) for p in pts], [getattr(p, key) for p in pts], marker="o",
+                            markersize=3, label=f"{r.run} ({r.optimizer}, {r.criterion})")
+                    drawn = True
+            if xkey == "update":
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if drawn:
+                ax.legend(fontsize=8)
+            else:
+                ax.text(0.5, 0.5, "no dev WER recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.savefig(str(path), dpi=100)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("exp_dirs", nargs="+", type=Path, metavar="EXP_DIR",
+                   help="sequence-training experiment dirs, each with history.jsonl")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT_PREFIX",
+                   help="writes OUT_PREFIX.png and OUT_PREFIX.md")
+
+
+def run(args: argparse.Namespace) -> None:
+    runs = [read_history(d) for d in args.exp_dirs]
+    seen: dict[str, int] = {}
+    for r in runs:  # make labels unique: the same label in two dirs gets the dir appended
+        seen[r.run] = seen.get(r.run, 0) + 1
+    for r in runs:
+        if seen[r.run] > 1:
+            r.run = f"{r.run} ({r.exp_dir})"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(runs)
+    Path(f"{out}.md").write_text(text, encoding="utf-8")
+    plot(runs, f"{out}.png")
+    print(text, end="")
