@@ -89,6 +89,24 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _plain(obj: Any) -> Any:
+    """A dataclass instance as nested dicts (Paths as strings), as if read from YAML."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+def _merge(base: dict, new: dict) -> dict:
+    out = dict(base)
+    for k, v in new.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _from_dict(cls: type[T], data: dict, where: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -97,6 +115,12 @@ def _from_dict(cls: type[T], data: dict, where: str) -> T:
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{where}: unknown key '{key}' (known keys: {known})")
+        f = fields[key]
+        if (isinstance(value, dict) and dataclasses.is_dataclass(hints[key])
+                and f.default_factory is not dataclasses.MISSING):
+            # a partial section keeps the defaults of the enclosing class's default_factory
+            # (e.g. HF settings tuned for sequence training), not those of the section's class
+            value = _merge(_plain(f.default_factory()), value)
         kwargs[key] = _check_type(value, hints[key], f"{where}: key '{key}'")
     try:
         return cls(**kwargs)

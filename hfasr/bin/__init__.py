@@ -5,4 +5,4 @@ raises :class:`hfasr.errors.HfasrError` for bad user input. Add a stage by addin
 its name to :data:`COMMANDS` (in pipeline order).
 """
 
-COMMANDS = ["prepare", "features", "lang", "gmm", "train", "loglikes", "decode", "score", "results", "report", "info"]
+COMMANDS = ["prepare", "features", "lang", "gmm", "train", "lattices", "loglikes", "decode", "score", "results", "report", "info"]

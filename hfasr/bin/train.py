@@ -8,6 +8,12 @@ exactly from its last checkpoint (or starts one if there is none yet).
 
 Options come from ``--config`` (YAML :class:`hfasr.train.TrainConfig`); the flags below
 override it.
+
+Sequence training (``--criterion mmi|bmmi|mpe|smbr``) fine-tunes ``--init`` (a CE model) on
+the lattices of ``hfasr lattices`` (``--lat-dir``) with ``--optimizer hf`` or ``sgd`` (Kaldi
+nnet1's per-utterance SGD baseline); its config is :class:`hfasr.train.sequence.SeqTrainConfig`
+and it also writes ``history.jsonl`` (dev objective / accuracy / WER per update, for ``hfasr
+report``). ``--graph-dir`` and ``--model-dir`` (HCLG and GMM dirs) enable the dev WER reports.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "train an acoustic model (CE with SGD/Adam or Hessian-free) on GMM alignments"
+HELP = "train an acoustic model: CE (SGD/Adam/HF) on GMM alignments, or sequence training (MMI/bMMI/MPE/sMBR, HF/SGD) on lattices"
 
 # Kept in step with hfasr.train.trainer.CRITERIA / OPTIMIZERS (not imported here: torch is slow
 # to import and every subcommand's arguments are built at start-up).
-CRITERIA = ("ce",)
+CRITERIA = ("ce", "mmi", "bmmi", "mpe", "smbr")
 OPTIMIZERS = ("sgd", "adam", "hf")
 
 
@@ -38,12 +44,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--num-threads", type=int, help="torch intra-op threads")
     p.add_argument("--device", help="cpu, cuda, cuda:N")
+    p.add_argument("--init", type=Path, help="sequence training: the CE model to start from (final.pt)")
+    p.add_argument("--lat-dir", type=Path, help="sequence training: dir with lats_<split>.pt (hfasr lattices)")
+    p.add_argument("--graph-dir", type=Path, help="sequence training: HCLG dir for the dev WER reports")
+    p.add_argument("--model-dir", type=Path, help="sequence training: GMM dir (final.mdl) for the dev WER reports")
+    p.add_argument("--updates", type=int, help="sequence training with hf: number of HF updates")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def run_sequence(args: argparse.Namespace) -> None:
+    from hfasr.config import load_config
+    from hfasr.errors import HfasrError
+    from hfasr.train.sequence import SeqTrainConfig, run_sequence_training
+
+    if args.init is None or args.lat_dir is None:
+        raise HfasrError(f"--criterion {args.criterion} (sequence training) needs --init (a CE model) and --lat-dir")
+    cfg = load_config(SeqTrainConfig, args.config, {"criterion": args.criterion, "optimizer": args.optimizer,
+                                                    "seed": args.seed, "num_threads": args.num_threads,
+                                                    "device": args.device})
+    if args.updates is not None:
+        cfg.hf.updates = args.updates
+    if args.epochs is not None:
+        cfg.sgd.epochs = args.epochs
+    if args.lr is not None:
+        cfg.sgd.lr = args.lr
+    if cfg.dev_wer and (args.graph_dir is None or args.model_dir is None):
+        cfg.dev_wer = False
+    t = run_sequence_training(cfg, args.data_dir, args.task, args.ali_dir, args.lat_dir, args.init, args.out,
+                              graph_dir=args.graph_dir, model_dir=args.model_dir, resume=args.resume,
+                              progress=not args.quiet)
+    last = t.history[-1]
+    print(f"{args.out}/final.pt: {cfg.optimizer}-{cfg.criterion}, {last['update']} updates, "
+          f"{t.wall:.1f} s, dev objective {last['dev_obj']:.5f}, dev frame accuracy {100 * last['dev_acc']:.2f}%")
+
+
 def run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
+
+    if (args.criterion or _config_criterion(args.config)) not in (None, "ce"):
+        return run_sequence(args)
     from hfasr.train import TrainConfig, run_training
 
     overrides = {"criterion": args.criterion, "optimizer": args.optimizer, "epochs": args.epochs,
@@ -55,3 +95,16 @@ def run(args: argparse.Namespace) -> None:
     m = trainer.final_metrics()
     print(f"{args.out}/final.pt: epoch {m['epoch']}, dev frame CE {m['dev_loss']:.4f}, "
           f"dev frame accuracy {100 * m['dev_acc']:.2f}%")
+
+
+def _config_criterion(path: Path | None) -> str | None:
+    """The ``criterion`` key of a YAML config (to choose CE or sequence training)."""
+    if path is None or not path.is_file():
+        return None
+    import yaml
+
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None  # load_config reports it
+    return d.get("criterion") if isinstance(d, dict) else None
