@@ -356,8 +356,10 @@ def _plain_cfg(cfg: SeqTrainConfig) -> dict:
     from hfasr.config import _plain
 
     d = _plain(cfg)
-    for k in ("num_threads", "device"):  # may change on --resume
+    for k in ("num_threads", "device"):  # may change on --resume (as may the run's length)
         d.pop(k, None)
+    d["hf"].pop("updates")
+    d["sgd"].pop("epochs")
     return d
 
 
