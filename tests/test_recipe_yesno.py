@@ -40,18 +40,25 @@ def test_yesno_test_utterance_has_seven_words(yesno_dir):
 def test_yesno_recipe_end_to_end(yesno_dir, tmp_path):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     cmd = ["bash", str(ROOT / "recipes/yesno/run.sh"), "--corpus-dir", str(yesno_dir),
-           "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp")]
+           "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"), "--seq-runs", "smbr_hf"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = (tmp_path / "exp/results.md").read_text()
     rows = {line.split("|")[3].strip(): line for line in table.splitlines()[2:]}
-    assert set(rows) == {"gmm", "dnn_ce"}
+    assert set(rows) == {"gmm", "dnn_ce", "dnn_smbr_hf"}
     for model in ("gmm", "dnn_ce"):
         errors = int(rows[model].split("|")[6].split("/")[0])
         assert errors <= 1, table  # at most the deletion of the word missing from the recording
     errs = (tmp_path / "exp/dnn_ce/decode_test/errs-test.txt").read_text()
     wrong = [line.split()[0] for line in errs.splitlines() if line.split()[1:2] == ["ref"]]
     assert set(wrong) <= {"0_1_0_1_0_0_0_0-10"}, errs
+    # sequence training ran from the CE model: lattices, HF-sMBR, decoding, report
+    assert (tmp_path / "exp/lats/lats_train.pt").is_file()
+    hist = (tmp_path / "exp/dnn_smbr_hf/history.jsonl").read_text().splitlines()
+    assert len(hist) == 4  # the CE model + 3 HF updates (conf/seq_smbr_hf.yaml)
+    assert "hf-smbr" in (tmp_path / "exp/report.md").read_text()
+    assert (tmp_path / "exp/report.png").stat().st_size > 0
+    assert int(rows["dnn_smbr_hf"].split("|")[6].split("/")[0]) <= 3, table
     # a re-run skips every finished stage
     r2 = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert r2.returncode == 0 and r2.stdout.count("skipping") >= 6, r2.stdout
+    assert r2.returncode == 0 and r2.stdout.count("skipping") >= 9, r2.stdout

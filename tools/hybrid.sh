@@ -1,17 +1,25 @@
 # Hybrid DNN-HMM stages shared by recipes/*/run.sh (sourced after tools/recipe.sh).
-# Needs: $task, $data, $exp, $conf (the recipe's conf dir), $nj.
+# Needs: $task, $data, $exp, $conf (the recipe's conf dir), $nj; optional: $seq_runs (sequence
+# training runs, e.g. "smbr_hf mmi_hf smbr_sgd"; each <criterion>_<optimizer> reads
+# $conf/seq_<run>.yaml), $lm_weights / $word_penalties (the dev sweep of the decode stages).
 #   3 lang      lexicon, L, G (n-gram on train transcripts), G_weak
 #   4 gmm       monophone GMM-HMM, alignments of train/dev, HCLG; GMM decode of dev/test -> WER
 #   5 ce        CE DNN (cross-entropy, Adam) on the GMM alignments
 #   6 decode    DNN log-likelihoods, LM-weight sweep on dev, test WER with 95% CI
-#   7 results   the WER table (exp/results.md)
+#   7 lattices  denominator lattices of train/dev with the CE model over the weak-LM graph
+#   8 seq       sequence training from the CE model (each run of $seq_runs), then decoding
+#   9 results   the WER table (exp/results.md) and, with sequence runs, exp/report.{png,md}
+seq_runs=${seq_runs-}
+lm_weights=${lm_weights-}
+word_penalties=${word_penalties:-0,0.5,1}
 
 decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, score test
   local d=$1
   hfasr loglikes --model "$d/final.pt" --data-dir "$data" --task "$task" --split dev --out "$d/loglikes_dev.pt" --text "$d/ref_dev.txt"
   hfasr loglikes --model "$d/final.pt" --data-dir "$data" --task "$task" --split test --out "$d/loglikes_test.pt" --text "$d/ref_test.txt"
   hfasr decode --loglikes "$d/loglikes_test.pt" --ref "$d/ref_test.txt" --dev-loglikes "$d/loglikes_dev.pt" \
-    --dev-ref "$d/ref_dev.txt" --graph-dir "$exp/gmm/graph" --model-dir "$exp/gmm" --out "$d/decode_test" --set test
+    --dev-ref "$d/ref_dev.txt" --graph-dir "$exp/gmm/graph" --model-dir "$exp/gmm" --out "$d/decode_test" --set test \
+    --num-workers "$nj" ${lm_weights:+--lm-weights "$lm_weights"} --word-penalties "$word_penalties"
 }
 
 stage_run 3 lang hfasr lang --data-dir "$data" --task "$task" --out "$exp/lang" --config "$conf/lang.yaml"
@@ -20,6 +28,21 @@ stage_run 4 gmm hfasr gmm --data-dir "$data" --task "$task" --lang "$exp/lang" -
 stage_run 5 ce hfasr train --criterion ce --optimizer adam --data-dir "$data" --task "$task" --ali-dir "$exp/gmm" \
   --out "$exp/dnn_ce" --config "$conf/train_ce.yaml" --resume --quiet
 stage_run 6 decode decode_model "$exp/dnn_ce"
-if [ 7 -ge "$stage" ] && [ 7 -le "$stop_stage" ]; then
+if [ -n "$seq_runs" ]; then
+  stage_run 7 lattices hfasr lattices --model "$exp/dnn_ce/final.pt" --data-dir "$data" --task "$task" \
+    --lang "$exp/lang" --gmm-dir "$exp/gmm" --out "$exp/lats" --num-jobs "$nj" --quiet
+  for run in $seq_runs; do
+    crit=${run%_*}; opt=${run#*_}
+    stage_run 8 "$run" hfasr train --criterion "$crit" --optimizer "$opt" --init "$exp/dnn_ce/final.pt" \
+      --lat-dir "$exp/lats" --data-dir "$data" --task "$task" --ali-dir "$exp/gmm" --graph-dir "$exp/gmm/graph" \
+      --model-dir "$exp/gmm" --out "$exp/dnn_$run" --config "$conf/seq_$run.yaml" --resume --quiet
+    stage_run 8 "decode_$run" decode_model "$exp/dnn_$run"
+  done
+fi
+if [ 9 -ge "$stage" ] && [ 9 -le "$stop_stage" ]; then
   hfasr results "$exp" --task "$task" | tee "$exp/results.md"
+  if [ -n "$seq_runs" ]; then
+    hfasr report $(for run in $seq_runs; do echo "$exp/dnn_$run"; done) --out "$exp/report" > /dev/null
+    echo "sequence training report: $exp/report.md, $exp/report.png"
+  fi
 fi

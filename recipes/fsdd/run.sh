@@ -4,8 +4,9 @@
 #   0 download  fetch the FSDD archive (only when --corpus-dir is not given)
 #   1 prepare   fsdd_iso, fsdd_spk, fsdd_conn manifests
 #   2 features  fbank (lilcom) + global CMVN stats
-#   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh) for each task
-# Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M] [--data DIR] [--exp DIR] [--conf DIR]
+#   3-9         lang, GMM, CE DNN, decoding, lattices, sequence training (--seq-runs),
+#               WER table and sequence-training report (tools/hybrid.sh) for each task
+# Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M] [--data DIR] [--exp DIR] [--conf DIR] [--seq-runs "smbr_hf mmi_hf smbr_sgd"]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -16,6 +17,7 @@ corpus_dir=""
 data=$here/data
 exp=$here/exp
 conf=$here/conf  # YAML configs of every stage
+seq_runs="smbr_hf mmi_hf smbr_sgd"  # sequence-training runs <criterion>_<optimizer> (conf/seq_<run>.yaml); "" for none
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"

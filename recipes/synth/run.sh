@@ -3,8 +3,9 @@
 # eSpeak NG; needs nothing but the installed package). Stages:
 #   1 prepare   synthesize train/dev/test (speaker-independent test voices) -> lhotse manifests
 #   2 features  fbank (lilcom) + global CMVN stats
-#   3-7         lang, GMM, CE DNN, decoding, WER table (tools/hybrid.sh)
-# Usage: recipes/synth/run.sh [--stage N] [--stop-stage M] [--nj J] [--data DIR] [--exp DIR] [--conf DIR]
+#   3-9         lang, GMM, CE DNN, decoding, lattices, sequence training (--seq-runs),
+#               WER table and sequence-training report (tools/hybrid.sh)
+# Usage: recipes/synth/run.sh [--stage N] [--stop-stage M] [--nj J] [--data DIR] [--exp DIR] [--conf DIR] [--seq-runs "smbr_hf mmi_hf smbr_sgd"]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -14,6 +15,7 @@ nj=2
 data=$here/data
 exp=$here/exp
 conf=$here/conf  # YAML configs of every stage
+seq_runs="smbr_hf"  # sequence-training runs <criterion>_<optimizer> (conf/seq_<run>.yaml); "" for none
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
