@@ -155,15 +155,7 @@ def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, s
 
     t0 = time.time()
     ids, lats, failed, partial = [], [], {}, 0
-    bar = tqdm(total=len(items), desc=f"lattices {task}/{split}", disable=not progress)
-    if cfg.num_jobs > 1:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(cfg.num_jobs, initializer=_init, initargs=(str(graph), tid2pdf, cfg)) as pool:
-            results = list(_track(pool.imap(_one, items, chunksize=4), bar))
-    else:
-        _init(str(graph), tid2pdf, cfg)
-        results = list(_track(map(_one, items), bar))
-    bar.close()
+    results = decode_to_lattices(graph, tid2pdf, items, cfg, progress, desc=f"lattices {task}/{split}")
     arcs = frames = 0
     for cid, d, note in results:
         if d is None:
@@ -188,6 +180,23 @@ def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, s
     log.info("%s: %d lattices (%d failed, %d partial), %.1f arcs/frame, %.1f s", path, len(ids), len(failed),
              partial, arcs / max(frames, 1), time.time() - t0)
     return path
+
+
+def decode_to_lattices(graph: str | Path, tid2pdf: np.ndarray, items: list[tuple[str, np.ndarray]],
+                       cfg: LatticeConfig, progress: bool = False, desc: str = "lattices"
+                       ) -> list[tuple[str, dict | None, str]]:
+    """``(cut_id, Lattice.to_dict() or None, note)`` for ``(cut_id, loglikes (T, K))`` items,
+    in order, decoded over ``graph`` in ``cfg.num_jobs`` processes."""
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
+    if cfg.num_jobs > 1:
+        ctx = mp.get_context("fork")
+        with ctx.Pool(cfg.num_jobs, initializer=_init, initargs=(str(graph), tid2pdf, cfg)) as pool:
+            results = list(_track(pool.imap(_one, items, chunksize=4), bar))
+    else:
+        _init(str(graph), tid2pdf, cfg)
+        results = list(_track(map(_one, items), bar))
+    bar.close()
+    return results
 
 
 def _track(it, bar):

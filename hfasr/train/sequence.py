@@ -80,6 +80,7 @@ class SeqTrainConfig:
     sgd: SeqSGDConfig = field(default_factory=SeqSGDConfig)
     train_split: str = "train"
     dev_split: str = "dev"
+    regenerate_every: int = 0  # > 0: re-decode the training lattices with the current model every N updates/reports
     dev_wer: bool = True  # decode the dev set at every report (needs graph_dir / model_dir)
     decode_acoustic_scale: float = 0.1  # acoustic scale of those dev decodes
     seed: int = 0
@@ -182,6 +183,9 @@ class SequenceTrainer:
         n_held = int(round(cfg.hf.heldout_fraction * n)) if cfg.optimizer == "hf" else 0
         self.held_idx, self.grad_idx = sorted(perm[:n_held]), sorted(perm[n_held:])
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.lat_meta = lat_meta
+        if cfg.regenerate_every and not lat_meta.get("graph"):
+            raise ConfigError("regenerate_every needs the lattice dir's weak-LM graph (graph_weak/HCLG.fst)")
         if cfg.optimizer == "hf":
             from hfasr.train.utterance_objective import UtteranceObjective, sequence_criterion_fn
 
@@ -257,11 +261,48 @@ class SequenceTrainer:
         with (self.out / "train.log").open("a") as f:
             f.write(line + "\n")
 
+    # --- lattice regeneration ------------------------------------------------------------------
+    @torch.no_grad()
+    def regenerate_lattices(self) -> int:
+        """Re-decode every training lattice with the current model (same graph, κ and beams as
+        ``hfasr lattices``); a cut whose decoding fails keeps its old lattice. Returns the
+        number of lattices replaced."""
+        from hfasr.lattice.generate import LatticeConfig, decode_to_lattices
+        from hfasr.lattice.tensors import Lattice
+
+        meta = self.lat_meta
+        self.model.eval()
+        items = []
+        for cid, (x, _) in zip(self.train.cut_ids, self.train.utts):
+            z = self.model(x[None].to(self.device), torch.tensor([x.shape[0]]))[0]
+            items.append((cid, (torch.log_softmax(z.float(), -1).cpu() - self.log_prior.float()).numpy()))
+        cfg = LatticeConfig(acoustic_scale=float(meta["acoustic_scale"]), beam=float(meta.get("beam", 13.0)),
+                            lattice_beam=float(meta.get("lattice_beam", 6.0)), num_jobs=int(meta.get("num_jobs", 2)))
+        res = decode_to_lattices(meta["graph"], meta["tid2pdf"].numpy(), items, cfg, self.progress,
+                                 desc="regenerate lattices")
+        n = 0
+        for (_, sup), (_, d, _) in zip(self.train.utts, res):
+            if d is not None:
+                sup.lattice = Lattice.from_dict(d)
+                n += 1
+        self.log_line(f"# regenerated {n} of {len(items)} training lattices with the current model")
+        return n
+
+    def _maybe_regenerate(self) -> None:
+        k = self.cfg.regenerate_every
+        if k and self.position["update"] % k == 0:
+            t0 = time.perf_counter()
+            self.regenerate_lattices()
+            self.wall += time.perf_counter() - t0
+
     # --- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"state_dict": self.model.state_dict(), "model_config": dict(self.model.model_config),
                 "optimizer": self.opt.state_dict(), "history": list(self.history), "wall": self.wall,
-                "position": dict(self.position), "config": _plain_cfg(self.cfg)}
+                "position": dict(self.position), "config": _plain_cfg(self.cfg),
+                # regenerated lattices are part of the state (resume must see the same ones)
+                "train_lattices": ([sup.lattice.to_dict() for _, sup in self.train.utts]
+                                   if self.cfg.regenerate_every else None)}
 
     def save_checkpoint(self) -> None:
         from hfasr.models import atomic_save
@@ -280,6 +321,11 @@ class SequenceTrainer:
         self.history = list(st["history"])
         self.wall = float(st["wall"])
         self.position = dict(st["position"])
+        if st.get("train_lattices") is not None:
+            from hfasr.lattice.tensors import Lattice
+
+            for (_, sup), d in zip(self.train.utts, st["train_lattices"]):
+                sup.lattice = Lattice.from_dict(d)
         # history.jsonl may hold lines written after the checkpoint: rewrite it from the state
         with (self.out / "history.jsonl").open("w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.history)
@@ -306,6 +352,8 @@ class SequenceTrainer:
                 raise HfasrError(f"non-finite sequence loss after HF update {self.position['update']}")
             self.report(train_obj=st.loss_after, heldout_obj=st.heldout_after, damping=st.damping_after,
                         cg_iters=st.cg_iters)
+            if self.position["update"] < self.cfg.hf.updates:
+                self._maybe_regenerate()
             self.save_checkpoint()
 
     def _fit_sgd(self) -> None:
@@ -344,6 +392,7 @@ class SequenceTrainer:
                         self.position["epoch"] += 1
                         self.position["utt"] = 0
                     self.report(train_obj=tot / max(frames, 1), epoch=ep + (1 if done else self.position["utt"] / n))
+                    self._maybe_regenerate()
                     self.save_checkpoint()
                     tot = frames = 0.0
                     if done:
@@ -398,6 +447,8 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
     dev = load_seq_data(data_dir, task, cfg.dev_split, ali_dir, ld, ld_path, progress)
     log.info("sequence training %s/%s: %d train utterances (%d frames), %d dev", cfg.optimizer, cfg.criterion,
              len(train.utts), train.num_frames, len(dev.utts))
+    weak = Path(lat_dir) / "graph_weak" / "HCLG.fst"
+    lt["graph"] = str(weak) if weak.is_file() else None
     trainer = SequenceTrainer(cfg, model, log_prior, lt, train, dev, out, graph_dir, model_dir, progress)
     if resume and ckpt.is_file():
         trainer.load_checkpoint(ckpt)

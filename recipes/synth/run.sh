@@ -16,6 +16,8 @@ data=$here/data
 exp=$here/exp
 conf=$here/conf  # YAML configs of every stage
 seq_runs="smbr_hf"  # sequence-training runs <criterion>_<optimizer> (conf/seq_<run>.yaml); "" for none
+lm_weights="4,5,6,7,9"  # dev sweep of the decode stages (acoustic scale 1/LMWT)
+word_penalties="0,0.5"
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
