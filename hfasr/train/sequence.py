@@ -55,6 +55,8 @@ class SeqHFConfig:
     curvature_fraction: float = 0.1  # utterances (of the gradient set) sampled per update for G v products
     curvature_min_utts: int = 16
     max_frames: int = 20000  # padded frames per forward/backward batch
+    num_subsets: int = 1  # > 1: HF on successive subsets (update k: gradient and curvature of subset k mod K);
+    # reuse across subsets: optimizer.gradient_reuse (none | sag | dynamic), reuse_warm_start, reuse_damping
     optimizer: HFConfig = field(default_factory=lambda: HFConfig(
         damping=1e-3, cg_max_iters=50, rho_data="heldout", backtrack_data="heldout", linesearch_data="heldout"))
 
@@ -95,8 +97,8 @@ class SeqTrainConfig:
         self.sequence.criterion = self.criterion  # type: ignore[assignment]
         if not 0.0 <= self.hf.heldout_fraction < 1.0:
             raise ValueError(f"hf.heldout_fraction must be in [0, 1), got {self.hf.heldout_fraction}")
-        if self.hf.updates < 1 or self.sgd.epochs < 1 or self.sgd.reports_per_epoch < 1:
-            raise ValueError("hf.updates, sgd.epochs and sgd.reports_per_epoch must be >= 1")
+        if min(self.hf.updates, self.hf.num_subsets, self.sgd.epochs, self.sgd.reports_per_epoch) < 1:
+            raise ValueError("hf.updates, hf.num_subsets, sgd.epochs and sgd.reports_per_epoch must be >= 1")
         if not self.sgd.lr > 0:
             raise ValueError(f"sgd.lr must be > 0, got {self.sgd.lr}")
 
@@ -190,11 +192,24 @@ class SequenceTrainer:
             from hfasr.train.utterance_objective import UtteranceObjective, sequence_criterion_fn
 
             held = [self._dev_utt(train.utts[i]) for i in self.held_idx] or None
-            self.objective = UtteranceObjective(model, sequence_criterion_fn(self.crit),
-                                                [self._dev_utt(train.utts[i]) for i in self.grad_idx],
-                                                heldout=held, curvature_fraction=cfg.hf.curvature_fraction,
-                                                curvature_min_utts=cfg.hf.curvature_min_utts,
-                                                max_frames=cfg.hf.max_frames)
+            fn = sequence_criterion_fn(self.crit)
+
+            def objective(idx: list[int], heldout=None) -> UtteranceObjective:
+                return UtteranceObjective(model, fn, [self._dev_utt(train.utts[i]) for i in idx], heldout=heldout,
+                                          curvature_fraction=cfg.hf.curvature_fraction,
+                                          curvature_min_utts=cfg.hf.curvature_min_utts, max_frames=cfg.hf.max_frames)
+
+            K = cfg.hf.num_subsets
+            if K > 1:
+                from hfasr.optim import SubsetObjective
+
+                if len(self.grad_idx) < K:
+                    raise ConfigError(f"hf.num_subsets = {K} but only {len(self.grad_idx)} training utterances")
+                # deterministic: every K-th utterance of the (cut-ordered) gradient set
+                self.objective: Any = SubsetObjective([objective(self.grad_idx[k::K]) for k in range(K)],
+                                                      objective(self.held_idx) if held else None)
+            else:
+                self.objective = objective(self.grad_idx, held)
             self.opt: Any = HessianFree(self.params, cfg.hf.optimizer)
         else:
             self.opt = torch.optim.SGD(self.params, lr=cfg.sgd.lr, momentum=cfg.sgd.momentum)
