@@ -57,29 +57,44 @@ class Lattice:
         if not bool((t[fin] == self.num_frames).all()):
             raise ValueError(f"{name}: a final state is reached before the last frame")
 
+    def _arcs_by_source(self) -> tuple[list[int], list[int], Tensor | None]:
+        """Source and destination lists of the arcs in stable source order (and that order, or
+        None when the arcs already are in source order, as written lattices normally are)."""
+        src = self.src
+        order = None
+        if src.numel() > 1 and not bool((src[1:] >= src[:-1]).all()):
+            order = torch.argsort(src, stable=True)
+            return src[order].tolist(), self.dst[order].tolist(), order
+        return src.tolist(), self.dst.tolist(), order
+
     def state_times(self) -> Tensor:
-        """Frames consumed on any path from the start to each state (consistent in a lattice)."""
-        t = torch.full((self.num_states,), -1, dtype=torch.long)
-        t[0] = 0
-        emit = (self.pdf >= 0).long()
-        src, dst = self.src.tolist(), self.dst.tolist()
-        order = torch.argsort(self.src, stable=True).tolist()
-        tt = t.tolist()
-        em = emit.tolist()
-        for a in order:
-            s = src[a]
-            if tt[s] >= 0 and tt[dst[a]] < 0:
-                tt[dst[a]] = tt[s] + em[a]
+        """Frames consumed on any path from the start to each state (consistent in a lattice).
+
+        Arcs are visited in source order (states are top-sorted, so a source's time is final when
+        its arcs are visited); a state takes its time from the first arc reaching it from a
+        reached state; unreachable states get −1.
+        """
+        src, dst, order = self._arcs_by_source()
+        emit = self.pdf >= 0
+        em = (emit if order is None else emit[order]).tolist()
+        tt = [-1] * self.num_states
+        tt[0] = 0
+        for s, d, e in zip(src, dst, em):
+            ts = tt[s]
+            if ts >= 0 and tt[d] < 0:
+                tt[d] = ts + e
         return torch.tensor(tt, dtype=torch.long)
 
     def levels(self) -> Tensor:
-        """Topological level of each state: 1 + the largest level among its predecessors."""
+        """Topological level of each state: 1 + the largest level among its predecessors
+        (cached)."""
         if self._level is None:
+            src, dst, _ = self._arcs_by_source()
             lev = [0] * self.num_states
-            src, dst = self.src.tolist(), self.dst.tolist()
-            for a in sorted(range(len(src)), key=lambda i: src[i]):
-                if lev[dst[a]] < lev[src[a]] + 1:
-                    lev[dst[a]] = lev[src[a]] + 1
+            for s, d in zip(src, dst):
+                v = lev[s] + 1
+                if v > lev[d]:  # noqa: PLR1730 (cheaper than max() in this loop)
+                    lev[d] = v
             self._level = torch.tensor(lev, dtype=torch.long)
         return self._level
 
