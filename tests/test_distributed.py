@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -64,3 +65,122 @@ def test_two_processes_match_one(tmp_path):
     assert torch.equal(r0["theta"], r1["theta"])  # ranks stay in sync exactly
     assert torch.allclose(r0["theta"], theta1, atol=1e-9, rtol=1e-7)
     assert r0["lams"] == lams1
+
+
+# ------------------------------------------------------------------ sequence HF (UtteranceObjective)
+
+SEQ_K, SEQ_F = 5, 3
+SEQ_RUNS = {
+    "full": {},
+    # successive subsets with every reuse on (dynamic SAG, warm start, damping)
+    "subsets": {"num_subsets": 2, "optimizer": {"gradient_reuse": "dynamic"}},
+}
+
+
+def _seq_data(n, seed):
+    from lattice_utils import random_lattice
+
+    from hfasr.criteria.sequence import SeqSupervision
+    from hfasr.train.sequence import SeqData
+
+    g = torch.Generator().manual_seed(seed)
+    ids, utts = [], []
+    for i in range(n):
+        T = 6 + i % 5
+        lat = random_lattice(T, SEQ_K, seed=seed * 100 + i)
+        ref = torch.tensor([int(lat.pdf[(lat.frame == t) & (lat.pdf >= 0)][0]) for t in range(T)])
+        x = torch.randn(T, SEQ_F, generator=g, dtype=torch.float64)
+        x = x + torch.nn.functional.one_hot(ref, SEQ_K)[:, :SEQ_F].double()
+        ids.append(f"u{seed}-{i}")
+        utts.append((x, SeqSupervision(lat, ref, ref_phone=ref + 1)))
+    return SeqData(ids, utts, {c: "" for c in ids})
+
+
+def _seq_train(out_dir, run: str):
+    """2 HF-sMBR updates of a tiny DNN on random lattices (float64); max_frames small so that
+    the gradient and held-out sets span several batches (dealt over the ranks)."""
+    from hfasr.config import from_dict
+    from hfasr.train.sequence import SeqTrainConfig, SequenceTrainer
+
+    model = _model_seq()
+    hf = {"updates": 2, "heldout_fraction": 0.25, "curvature_fraction": 0.5, "curvature_min_utts": 2,
+          "max_frames": 40, **SEQ_RUNS[run]}
+    hf["optimizer"] = {"cg_max_iters": 10, **hf.get("optimizer", {})}
+    cfg = from_dict(SeqTrainConfig, {"criterion": "smbr", "optimizer": "hf", "dev_wer": False,
+                                     "sequence": {"acoustic_scale": 0.5, "one_silence_class": False}, "hf": hf})
+    meta = {"tid2phone": torch.arange(SEQ_K + 3), "silence_phones": []}
+    os.makedirs(out_dir, exist_ok=True)
+    t = SequenceTrainer(cfg, model, torch.full((SEQ_K,), -1.6, dtype=torch.float64), meta, _seq_data(20, 1),
+                        _seq_data(4, 2), out_dir, progress=False)
+    t.fit()
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return theta, [h["dev_obj"] for h in t.history], [h.damping_after for h in t.opt.history]
+
+
+def _seq_worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        res = {run: _seq_train(os.path.join(out_dir, f"{run}_w{world}"), run) for run in SEQ_RUNS}
+        torch.save(res, os.path.join(out_dir, f"seq_r{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sequence_hf_two_processes_match_one(tmp_path):
+    """UtteranceObjective sharded over 2 gloo ranks (SequenceTrainer under torch.distributed):
+    after 2 HF updates the parameters equal one process's, for full-batch and subset HF; only
+    rank 0 writes the checkpoint, history and log."""
+    import json
+
+    torch.set_num_threads(1)
+    one = {run: _seq_train(str(tmp_path / f"{run}_w1"), run) for run in SEQ_RUNS}
+    mp.spawn(_seq_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "seq_r0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "seq_r1.pt", weights_only=True)
+    for run in SEQ_RUNS:
+        theta1, dev1, lams1 = one[run]
+        assert torch.equal(r0[run][0], r1[run][0])  # ranks stay in sync exactly
+        assert r0[run][1] == r1[run][1]
+        assert not torch.equal(theta1, _theta_of()), "training moved the parameters"
+        # float64; only the summation order differs (CG at λ = 1e-3 amplifies it to ~1e-8)
+        assert torch.allclose(r0[run][0], theta1, atol=1e-7, rtol=1e-6), run
+        assert r0[run][2] == lams1
+        assert r0[run][1] == pytest.approx(dev1, rel=1e-8, abs=1e-10)
+        out = tmp_path / f"{run}_w2"
+        hist = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+        assert [h["update"] for h in hist] == [0, 1, 2]  # written once (rank 0), not per rank
+        assert sum(line.startswith("hf-update") for line in (out / "train.log").read_text().splitlines()) == 2
+        ck = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert ck["position"]["update"] == 2
+        assert torch.equal(_theta_of(ck["state_dict"]), r0[run][0])
+        assert not list(out.glob("*.tmp"))
+
+
+def _model_seq():
+    from hfasr.models import build_model
+
+    torch.manual_seed(0)
+    return build_model({"arch": "dnn", "input_dim": SEQ_F, "num_outputs": SEQ_K, "hidden_dim": 8,
+                        "num_layers": 1, "context": 1}).double()
+
+
+def _theta_of(state_dict=None):
+    m = _model_seq()
+    if state_dict is not None:
+        m.load_state_dict(state_dict)
+    return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+
+
+def test_shard_batches_partitions_and_balances():
+    from hfasr.train.utterance_objective import shard_batches
+
+    lengths = [100, 90, 80, 70, 60, 50, 40, 30, 20, 10]
+    batches = [[0], [1, 9], [2, 8], [3, 7], [4, 6], [5]]
+    parts = [shard_batches(batches, lengths, r, 3) for r in range(3)]
+    assert sorted(b for p in parts for b in p) == sorted(batches)
+    loads = [sum(lengths[i] for b in p for i in b) for p in parts]
+    assert max(loads) - min(loads) <= 100
+    assert shard_batches(batches, lengths, 0, 1) == batches

@@ -21,6 +21,16 @@ accuracy), its frame accuracy and, with ``dev_wer``, its WER (decoded over ``gra
 ``seq ...`` line to ``train.log``; ``checkpoint.pt`` is then written atomically with all state
 (model, optimizer, history, position), so a killed run resumes exactly with ``--resume``.
 ``wall_s`` counts training time only (not the dev reports), the same way for both optimizers.
+
+Distributed HF (``torchrun --nproc-per-node N $(which hfasr) train ...``; WORLD_SIZE / RANK /
+LOCAL_RANK from the environment): :func:`run_sequence_training` initialises the process group
+(gloo on CPU, nccl with ``device: cuda``, each rank on ``cuda:LOCAL_RANK``); every rank loads
+the data, the gradient and held-out utterances are sharded by rank (whole batches, see
+:class:`~hfasr.train.utterance_objective.UtteranceObjective`'s ``shard``) with losses, gradients
+and G v products all-reduced, so all ranks run the same HF updates and N processes give one
+process's numbers (to float tolerance). Every rank evaluates the dev set (identical numbers);
+only rank 0 writes ``checkpoint.pt`` / ``final.pt`` (atomically), ``history.jsonl``,
+``train.log``, ``config.yaml`` and ``prior.pt``. SGD is single-process only.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +51,8 @@ from torch import Tensor, nn
 from hfasr.criteria.sequence import SeqSupervision, SequenceConfig, SequenceCriterion
 from hfasr.errors import ConfigError, DataError, HfasrError
 from hfasr.optim import HessianFree, HFConfig
+from hfasr.optim.distributed import rank as dist_rank
+from hfasr.optim.distributed import world_size
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +178,12 @@ class SequenceTrainer:
         self.log_prior = log_prior
         self.out = Path(out_dir)
         self.progress = progress
+        self.rank, self.world = dist_rank(), world_size()
+        if self.world > 1 and cfg.optimizer != "hf":
+            raise ConfigError(f"distributed sequence training ({self.world} processes) supports optimizer hf only")
         self.device = torch.device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         self.model.to(self.device)
         self.crit = SequenceCriterion(cfg.sequence, log_prior.to(self.device), tid2phone=lat_meta["tid2phone"],
                                       silence_phones=list(lat_meta["silence_phones"]))
@@ -194,10 +212,13 @@ class SequenceTrainer:
             held = [self._dev_utt(train.utts[i]) for i in self.held_idx] or None
             fn = sequence_criterion_fn(self.crit)
 
+            shard = (self.rank, self.world) if self.world > 1 else None  # by rank: whole batches
+
             def objective(idx: list[int], heldout=None) -> UtteranceObjective:
                 return UtteranceObjective(model, fn, [self._dev_utt(train.utts[i]) for i in idx], heldout=heldout,
                                           curvature_fraction=cfg.hf.curvature_fraction,
-                                          curvature_min_utts=cfg.hf.curvature_min_utts, max_frames=cfg.hf.max_frames)
+                                          curvature_min_utts=cfg.hf.curvature_min_utts, max_frames=cfg.hf.max_frames,
+                                          shard=shard)
 
             K = cfg.hf.num_subsets
             if K > 1:
@@ -264,14 +285,17 @@ class SequenceTrainer:
                "update": self.position["update"], "wall_s": round(self.wall, 3), "dev_obj": ev["obj"],
                "dev_acc": ev["acc"], "dev_wer": ev.get("wer"), **extra}
         self.history.append(rec)
-        with (self.out / "history.jsonl").open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if self.rank == 0:
+            with (self.out / "history.jsonl").open("a") as f:
+                f.write(json.dumps(rec) + "\n")
         parts = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
                          if k not in ("run", "optimizer", "criterion") and v is not None)
         self.log_line(f"seq {self.run_name} {parts}")
         return rec
 
     def log_line(self, line: str) -> None:
+        if self.rank != 0:
+            return
         print(line, flush=True)
         with (self.out / "train.log").open("a") as f:
             f.write(line + "\n")
@@ -322,6 +346,8 @@ class SequenceTrainer:
     def save_checkpoint(self) -> None:
         from hfasr.models import atomic_save
 
+        if self.rank != 0:
+            return
         atomic_save(self.state_dict(), self.out / "checkpoint.pt")
 
     def load_checkpoint(self, path: Path) -> None:
@@ -342,13 +368,15 @@ class SequenceTrainer:
             for (_, sup), d in zip(self.train.utts, st["train_lattices"]):
                 sup.lattice = Lattice.from_dict(d)
         # history.jsonl may hold lines written after the checkpoint: rewrite it from the state
-        with (self.out / "history.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.history)
+        if self.rank == 0:
+            with (self.out / "history.jsonl").open("w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.history)
 
     # --- training -----------------------------------------------------------------------------
     def fit(self) -> None:
         if not self.history:
-            (self.out / "history.jsonl").write_text("")
+            if self.rank == 0:
+                (self.out / "history.jsonl").write_text("")
             self.report(note="init")
             self.save_checkpoint()
         if self.cfg.optimizer == "hf":
@@ -358,6 +386,8 @@ class SequenceTrainer:
 
     def _fit_hf(self) -> None:
         while self.position["update"] < self.cfg.hf.updates:
+            if self.world > 1:  # start together: a rank still in its dev report would count as our time
+                torch.distributed.barrier()
             t0 = time.perf_counter()
             st = self.opt.step(self.objective)
             self.wall += time.perf_counter() - t0
@@ -431,16 +461,50 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
                           lat_dir: str | Path, init: str | Path, out_dir: str | Path,
                           graph_dir: str | Path | None = None, model_dir: str | Path | None = None,
                           resume: bool = False, progress: bool = True) -> SequenceTrainer:
-    """``hfasr train --criterion <seq>``: load everything, train, write ``final.pt`` + ``prior.pt``."""
+    """``hfasr train --criterion <seq>``: load everything, train, write ``final.pt`` + ``prior.pt``.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it first joins the process
+    group (unless the caller already did; a group it created is destroyed at the end)."""
+    created = _init_distributed(cfg)
+    try:
+        return _run_sequence_training(cfg, data_dir, task, ali_dir, lat_dir, init, out_dir, graph_dir, model_dir,
+                                      resume, progress)
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _init_distributed(cfg: SeqTrainConfig) -> bool:
+    """Join the ``torchrun`` process group (gloo; nccl for ``device: cuda``); True if created here."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    cuda = torch.device(cfg.device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def _run_sequence_training(cfg: SeqTrainConfig, data_dir, task, ali_dir, lat_dir, init, out_dir, graph_dir,
+                           model_dir, resume: bool, progress: bool) -> SequenceTrainer:
     from hfasr.config import save_config
     from hfasr.lattice.generate import lattice_path, load_lattices
     from hfasr.models import load_model, load_prior, save_model
 
+    rank0 = dist_rank() == 0
     out = Path(out_dir)
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file() and not resume:
         raise HfasrError(f"{out} already holds a training run (checkpoint.pt): pass --resume to continue it, "
                          "or choose another --out")
+    if world_size() > 1:  # every rank has checked before rank 0 writes anything
+        import torch.distributed as dist
+
+        dist.barrier()
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -468,12 +532,14 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
     if resume and ckpt.is_file():
         trainer.load_checkpoint(ckpt)
         trainer.log_line(f"# resumed from {ckpt} at update {trainer.position['update']}")
-    save_config(cfg, out / "config.yaml")
-    shutil.copyfile(prior_path, out / "prior.pt")
+    if rank0:
+        save_config(cfg, out / "config.yaml")
+        shutil.copyfile(prior_path, out / "prior.pt")
     trainer.fit()
     last = trainer.history[-1]
-    save_model(out / "final.pt", trainer.model, criterion=cfg.criterion, optimizer=cfg.optimizer,
-               dev_obj=float(last["dev_obj"]), dev_acc=float(last["dev_acc"]), init=str(init))
+    if rank0:
+        save_model(out / "final.pt", trainer.model, criterion=cfg.criterion, optimizer=cfg.optimizer,
+                   dev_obj=float(last["dev_obj"]), dev_acc=float(last["dev_acc"]), init=str(init))
     trainer.log_line(f"# final.pt: update {last['update']} dev_obj={last['dev_obj']:.6f} "
                      f"dev_acc={100 * last['dev_acc']:.2f} wall_s={trainer.wall:.1f}")
     return trainer

@@ -6,6 +6,21 @@ Data: a list of utterances ``(feats (T, F), supervision)``; the objective batche
 length (``max_frames`` per batch). The gradient (and ρ / backtracking / line-search losses) run
 over all utterances of its set; the curvature batch is a random fraction of them drawn with
 the optimizer's generator. Losses are normalised per frame.
+
+Distributed (``shard=(rank, world)``, under an initialised ``torch.distributed`` process group):
+every rank is given the same utterance lists; they are grouped into batches exactly as one
+process would group them (:func:`make_batches`) and whole batches are dealt to the ranks
+(:func:`shard_batches`: deterministic, balanced by frames), so rank r computes only its batches.
+Losses and frame counts, gradients, squared gradients (Martens' preconditioner: per batch, hence
+the same as one process's) and G v products are summed over ranks and divided by the global
+frame count, so every rank runs the same CG on the same numbers. The curvature sample is drawn
+over the global utterance list with the optimizer's generator (in step on all ranks) and dealt
+to the ranks by length (balanced by frames, so every rank's G v share costs about the same);
+each rank linearizes the model on its share. The held-out set is sharded like the gradient set.
+Batches (not single utterances) are dealt for the gradient so that Martens' per-batch squared
+gradients match one process's; the price is a load imbalance of up to one batch per rank. One process and N processes thus agree to float tolerance (summation order), with one
+exception: the Chapelle-Erhan preconditioner's random samples are drawn per rank (from a seed
+drawn with the shared generator), so its estimate differs from one process's (same expectation).
 """
 
 from __future__ import annotations
@@ -20,6 +35,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hfasr.optim.curvature import OutputCurvature
+from hfasr.optim.distributed import all_reduce_, is_distributed
 from hfasr.optim.gn import GaussNewton, flatten
 
 
@@ -58,12 +74,66 @@ def make_batches(utts: Sequence[tuple[Tensor, Any]], max_frames: int) -> list[li
     return batches
 
 
+def shard_batches(batches: Sequence[list[int]], lengths: Sequence[int], rank: int, world: int) -> list[list[int]]:
+    """The batches of ``rank`` among ``world`` ranks: each batch (in order) goes to the rank with
+    the fewest frames so far (ties: lowest rank). Deterministic: every rank computes the same
+    assignment from the same lengths."""
+    load = [0] * world
+    mine = []
+    for b in batches:
+        r = min(range(world), key=lambda k: (load[k], k))
+        load[r] += sum(int(lengths[i]) for i in b)
+        if r == rank:
+            mine.append(list(b))
+    return mine
+
+
+def _sum_scalars(values: Sequence[float], device: torch.device) -> list[float]:
+    """Python scalars summed over ranks in one collective (float64, on ``device`` so that nccl works)."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+class ShardGaussNewton:
+    """G v on the curvature sample split over ranks: this rank's part (``local``, a
+    :class:`GaussNewton` normalised by the *global* sample frame count, or None when this rank
+    owns none of the sampled utterances) summed over ranks."""
+
+    def __init__(self, local: GaussNewton | None, normalizer: float, numel: int, like: Tensor, rank: int) -> None:
+        self.local = local
+        self.normalizer = float(normalizer)
+        self.numel = numel
+        self.like = like
+        self.rank = rank
+
+    def _zeros(self) -> Tensor:
+        return torch.zeros(self.numel, dtype=self.like.dtype, device=self.like.device)
+
+    def __call__(self, v: Tensor, structural_mu: float = 0.0) -> Tensor:
+        out = self.local(v, structural_mu) if self.local is not None else self._zeros()
+        return all_reduce_(out)
+
+    def sample_gradient(self, generator: torch.Generator) -> Tensor:
+        # every rank draws the same seed from the shared generator (keeping it in step), then
+        # samples its own outputs from a rank-specific generator
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        g = torch.Generator().manual_seed(seed + 1_000_003 * self.rank)
+        out = self.local.sample_gradient(g) if self.local is not None else self._zeros()
+        return all_reduce_(out)
+
+
 class UtteranceObjective:
     """HF objective over utterances (see the module docstring)."""
 
     def __init__(self, model: nn.Module, criterion: CriterionFn, utts: Sequence[tuple[Tensor, Any]],
                  heldout: Sequence[tuple[Tensor, Any]] | None = None, curvature_fraction: float = 0.1,
-                 curvature_min_utts: int = 8, max_frames: int = 20000, structural: bool = False) -> None:
+                 curvature_min_utts: int = 8, max_frames: int = 20000, structural: bool = False,
+                 shard: tuple[int, int] | None = None) -> None:
+        """``shard=(rank, world)``: distributed over ``torch.distributed`` ranks (module
+        docstring); ``utts`` and ``heldout`` are then the full lists, identical on every rank."""
         self.model = model
         self.criterion = criterion
         self.utts = list(utts)
@@ -76,6 +146,18 @@ class UtteranceObjective:
         self._batches = make_batches(self.utts, max_frames)
         self._held_batches = make_batches(self.heldout, max_frames) if self.heldout else None
         self._curv: list[int] | None = None
+        self.shard = shard
+        if shard is not None:
+            r, w = shard
+            if not 0 <= r < w:
+                raise ValueError(f"shard=(rank, world) needs 0 <= rank < world, got {shard}")
+            self._lengths = [int(u[0].shape[0]) for u in self.utts]
+            self._batches = shard_batches(self._batches, self._lengths, r, w)
+            if self._held_batches is not None:
+                self._held_batches = shard_batches(self._held_batches, [int(u[0].shape[0]) for u in self.heldout], r, w)
+
+    def _device(self) -> torch.device:
+        return self.params[0].device
 
     def _run(self, utts, idx):
         x, lens = pad_batch([utts[i][0] for i in idx])
@@ -95,12 +177,22 @@ class UtteranceObjective:
             g2 = fg * fg if g2 is None else g2 + fg * fg
             total += float(res.loss)
             frames += res.frames
+        if self.shard is not None:
+            if gsum is None:  # this rank owns no batch
+                gsum = torch.zeros(sum(p.numel() for p in self.params), dtype=self.params[0].dtype,
+                                   device=self._device())
+                g2 = gsum.clone()
+            all_reduce_(gsum)
+            all_reduce_(g2)
+            total, frames = _sum_scalars([total, frames], self._device())
         return total / frames, gsum / frames, g2 / frames
 
     def curvature(self, generator: torch.Generator) -> GaussNewton:
         n = len(self.utts)
         m = min(n, max(self.curvature_min_utts, math.ceil(self.curvature_fraction * n)))
         idx = torch.randperm(n, generator=generator)[:m].sort().values.tolist()
+        if self.shard is not None:
+            return self._shard_curvature(idx)
         self._curv = idx
         x, lens, sups = self._run(self.utts, idx)
         self.model.eval()
@@ -119,15 +211,41 @@ class UtteranceObjective:
             frames = int(lens.sum())
         return GaussNewton(fn, [p.detach() for p in self.params], curv, normalizer=frames)
 
+    def _linearize(self, idx: list[int], normalizer: float) -> GaussNewton:
+        x, lens, sups = self._run(self.utts, idx)
+        self.model.eval()
+
+        def fn(params: tuple[Tensor, ...]) -> Tensor:
+            return functional_call(self.model, dict(zip(self.names, params)), (x, lens))
+
+        def curv(z: Tensor) -> OutputCurvature:
+            return self.criterion(z, lens, sups).curvature()
+
+        return GaussNewton(fn, [p.detach() for p in self.params], curv, normalizer=normalizer)
+
+    def _shard_curvature(self, idx: list[int]) -> ShardGaussNewton:
+        """This rank's part of the global curvature sample ``idx``, normalised by its global frame count."""
+        frames = sum(self._lengths[i] for i in idx)
+        by_length = sorted(idx, key=lambda i: (-self._lengths[i], i))
+        mine = sorted(b[0] for b in shard_batches([[i] for i in by_length], self._lengths, *self.shard))
+        self._curv = mine
+        local = self._linearize(mine, frames) if mine else None
+        numel = sum(p.numel() for p in self.params)
+        return ShardGaussNewton(local, frames, numel, self.params[0].detach(), self.shard[0])
+
     @torch.no_grad()
     def _mean(self, utts, batches) -> float:
         self.model.eval()
         total, frames = 0.0, 0
         for idx in batches:
+            if not idx:
+                continue
             x, lens, sups = self._run(utts, idx)
             res = self.criterion(self.model(x, lens), lens, sups)
             total += float(res.loss)
             frames += res.frames
+        if self.shard is not None:
+            total, frames = _sum_scalars([total, frames], self._device())
         return total / frames
 
     def loss(self, role: str) -> float:

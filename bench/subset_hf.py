@@ -1,0 +1,255 @@
+#!/usr/bin/env python
+"""Full-batch HF vs HF on successive data subsets, with each kind of reuse switched off in turn.
+
+Usage (after a recipe has produced the CE model, the GMM alignments and the lattices, i.e. its
+stages up to 7 with --seq-runs):
+  .venv/bin/python bench/subset_hf.py --data-dir recipes/fsdd/data --task fsdd_conn --exp recipes/fsdd/exp \
+      [--updates 8] [--subsets 4] [--time-budget SECONDS] [--dev-wer] [--no-decode-test] [--out DIR]
+
+HF-sMBR sequence training (:class:`hfasr.train.sequence.SequenceTrainer`, the code path of
+``hfasr train --criterion smbr --optimizer hf``) from ``EXP/dnn_ce/final.pt`` on
+``EXP/lats/lats_{train,dev}.pt`` and the alignments of ``EXP/gmm``, in these variants (all with
+the same base config: ``--config``, default ``EXP/../conf/seq_smbr_hf.yaml`` if it exists):
+
+  full        full-batch HF, ``--updates`` updates (gradient on all training utterances)
+  subset      K = ``--subsets`` successive subsets, all reuse on: gradient_reuse dynamic
+              (dynamically weighted stochastic-average gradient), CG warm start and damping
+              carried over (HFConfig.reuse_warm_start / reuse_damping)
+  subset-sag        ... with plain SAG averaging instead of the dynamic weights
+  subset-no-grad    ... no gradient reuse (each update: its subset's gradient only)
+  subset-no-warm    ... CG from 0 every update
+  subset-no-damp    ... λ reset to its initial value every update
+
+The held-out set (ρ / CG-backtracking / line search) is the same in all variants. A subset
+variant runs at most ``--subset-updates`` updates (default K × ``--updates``: as many gradient
+passes over the data as full-batch HF) and stops once its training wall time exceeds
+``--time-budget`` (default: the full-batch run's training wall time).
+
+Each variant writes ``OUT/<variant>/`` (history.jsonl with the dev objective and wall time after
+every update, train.log, checkpoint.pt, final.pt, prior.pt, config.yaml; a killed variant
+resumes from its checkpoint, a finished one is reused unless ``--force``), and unless
+``--no-decode-test`` its test WER (``OUT/<variant>/decode_test``, as the recipes decode:
+LM-weight sweep on dev, test WER with 95% CI). Prints (and writes ``OUT/subset_hf.md``) a
+markdown table: variant, updates, wall s, final and best dev objective, the wall time at which
+the variant first reaches full-batch HF's final dev objective and its ratio to full-batch's own
+time to it (the issue's bar: ≤ 0.5 for subset HF with reuse), dev / test WER; then runs
+``hfasr report`` over the variants (``OUT/report.png``, ``OUT/report.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+VARIANTS = {
+    "full": {"num_subsets": 1},
+    "subset": {"gradient_reuse": "dynamic", "reuse_warm_start": True, "reuse_damping": True},
+    "subset-sag": {"gradient_reuse": "sag", "reuse_warm_start": True, "reuse_damping": True},
+    "subset-no-grad": {"gradient_reuse": "none", "reuse_warm_start": True, "reuse_damping": True},
+    "subset-no-warm": {"gradient_reuse": "dynamic", "reuse_warm_start": False, "reuse_damping": True},
+    "subset-no-damp": {"gradient_reuse": "dynamic", "reuse_warm_start": True, "reuse_damping": False},
+}
+
+
+def variant_config(base, name: str, args):
+    cfg = copy.deepcopy(base)
+    v = VARIANTS[name]
+    cfg.regenerate_every = 0  # the lattices are shared by the variants
+    cfg.dev_wer = bool(args.dev_wer)
+    if name == "full":
+        cfg.hf.num_subsets = 1
+        cfg.hf.updates = args.updates
+    else:
+        cfg.hf.num_subsets = args.subsets
+        cfg.hf.updates = args.subset_updates or args.subsets * args.updates
+        for k, val in v.items():
+            setattr(cfg.hf.optimizer, k, val)
+    return cfg
+
+
+class Context:
+    """Everything the variants share: the CE model's path and prior, lattices and utterances."""
+
+    def __init__(self, args) -> None:
+        from hfasr.lattice.generate import lattice_path, load_lattices
+        from hfasr.models import load_prior
+        from hfasr.train.sequence import load_seq_data
+
+        exp = args.exp
+        self.init = exp / "dnn_ce" / "final.pt"
+        self.ali_dir = exp / "gmm"
+        self.lat_dir = exp / "lats"
+        for p in (self.init, self.init.parent / "prior.pt", self.ali_dir / "ali_train.pt",
+                  lattice_path(self.lat_dir, "train"), lattice_path(self.lat_dir, "dev")):
+            if not p.is_file():
+                sys.exit(f"subset_hf: missing {p} (run the recipe up to stage 7 with --seq-runs)")
+        self.prior_path = self.init.parent / "prior.pt"
+        self.log_prior = load_prior(self.prior_path)
+        self.graph_dir, self.model_dir = exp / "gmm" / "graph", exp / "gmm"
+        lt = load_lattices(lattice_path(self.lat_dir, "train"))
+        ld = load_lattices(lattice_path(self.lat_dir, "dev"))
+        lt["graph"] = None
+        self.meta = lt
+        self.train = load_seq_data(args.data_dir, args.task, "train", self.ali_dir, lt, lattice_path(self.lat_dir, "train"))
+        self.dev = load_seq_data(args.data_dir, args.task, "dev", self.ali_dir, ld, lattice_path(self.lat_dir, "dev"))
+        print(f"# {args.task}: {len(self.train.utts)} train utterances ({self.train.num_frames} frames), "
+              f"{len(self.dev.utts)} dev", flush=True)
+
+
+def run_variant(name: str, cfg, ctx: Context, out: Path, budget: float | None, force: bool) -> Path:
+    """Train one variant in ``out/name`` (resuming / reusing what is there); returns the dir."""
+    from hfasr.config import save_config
+    from hfasr.models import load_model, save_model
+    from hfasr.train.sequence import SequenceTrainer
+
+    vdir = out / name
+    if force and vdir.exists():
+        shutil.rmtree(vdir)
+    if (vdir / "final.pt").is_file():
+        print(f"# {name}: reusing {vdir} (finished; --force to rerun)", flush=True)
+        return vdir
+    vdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = load_model(ctx.init)
+    trainer = SequenceTrainer(cfg, model, ctx.log_prior, ctx.meta, ctx.train, ctx.dev, vdir,
+                              ctx.graph_dir if cfg.dev_wer else None, ctx.model_dir if cfg.dev_wer else None,
+                              progress=False)
+    trainer.run_name = f"hf-{cfg.criterion}-{name}"
+    if (vdir / "checkpoint.pt").is_file():
+        trainer.load_checkpoint(vdir / "checkpoint.pt")
+        trainer.log_line(f"# resumed at update {trainer.position['update']}")
+    save_config(cfg, vdir / "config.yaml")
+    shutil.copyfile(ctx.prior_path, vdir / "prior.pt")
+    last_update = cfg.hf.updates
+    while trainer.position["update"] < last_update and (budget is None or trainer.wall < budget or not trainer.history):
+        trainer.cfg.hf.updates = trainer.position["update"] + 1  # one update at a time: the budget is checked after each
+        trainer.fit()
+    trainer.cfg.hf.updates = last_update
+    last = trainer.history[-1]
+    save_model(vdir / "final.pt", trainer.model, criterion=cfg.criterion, optimizer="hf",
+               dev_obj=float(last["dev_obj"]), dev_acc=float(last["dev_acc"]), init=str(ctx.init))
+    trainer.log_line(f"# final.pt: update {last['update']} dev_obj={last['dev_obj']:.6f} wall_s={trainer.wall:.1f}")
+    return vdir
+
+
+def decode_test(vdir: Path, args, ctx: Context) -> None:
+    """The recipes' decode_model: loglikes of dev/test, LM-weight sweep on dev, test WER with CI."""
+    if (vdir / "decode_test" / "wer.txt").is_file() and not args.force:
+        return
+    hf = [sys.executable, "-m", "hfasr.cli"]
+    common = ["--data-dir", str(args.data_dir), "--task", args.task]
+    for split in ("dev", "test"):
+        subprocess.run([*hf, "loglikes", "--model", str(vdir / "final.pt"), *common, "--split", split,
+                        "--out", str(vdir / f"loglikes_{split}.pt"), "--text", str(vdir / f"ref_{split}.txt")],
+                       check=True)
+    subprocess.run([*hf, "decode", "--loglikes", str(vdir / "loglikes_test.pt"), "--ref", str(vdir / "ref_test.txt"),
+                    "--dev-loglikes", str(vdir / "loglikes_dev.pt"), "--dev-ref", str(vdir / "ref_dev.txt"),
+                    "--graph-dir", str(ctx.graph_dir), "--model-dir", str(ctx.model_dir),
+                    "--out", str(vdir / "decode_test"), "--set", "test", "--num-workers", str(args.nj)],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def table(runs: dict, base: str) -> str:
+    from hfasr.bin.report import time_to_target
+
+    full = runs.get(base)
+    target = full.final.dev_obj if full else None
+    full_t = None
+    if full:
+        hit = time_to_target(full, target)
+        full_t = hit.wall_s if hit else full.final.wall_s
+    lines = [("| variant | updates | wall s | final dev obj | best dev obj | time to full-batch final dev obj (s) "
+              "| ratio to full-batch | final dev %WER | test %WER [95% CI] |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in runs.items():
+        t, ratio = "-", "-"
+        if full:
+            hit = time_to_target(r, target)
+            if hit is None:
+                t = "not reached"
+            else:
+                t = f"{hit.wall_s:.1f} (update {hit.update})"
+                ratio = f"{hit.wall_s / full_t:.2f}" if full_t else "-"
+        test = "-"
+        if r.test_wer:
+            ci = r.test_wer["ci"]
+            test = f"{r.test_wer['wer']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        wer = "-" if r.final_dev_wer is None else f"{r.final_dev_wer:.2f}"
+        lines.append(f"| {name} | {r.final.update} | {r.final.wall_s:.1f} | {r.final.dev_obj:.5f} | "
+                     f"{r.best_dev_obj:.5f} | {t} | {ratio} | {wer} | {test} |")
+    note = (f"\nTarget: full-batch HF's final dev objective {target:.5f}, first reached by it at {full_t:.1f} s; "
+            "ratio = variant's time / full-batch's time (< 1: faster).\n") if full else "\n"
+    return "\n".join(lines) + "\n" + note
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--exp", type=Path, required=True, help="recipe exp dir: dnn_ce/final.pt, gmm/, lats/")
+    ap.add_argument("--config", type=Path, help="base SeqTrainConfig YAML (default EXP/../conf/seq_smbr_hf.yaml)")
+    ap.add_argument("--out", type=Path, help="output dir (default EXP/subset_hf)")
+    ap.add_argument("--updates", type=int, default=8, help="full-batch HF updates")
+    ap.add_argument("--subsets", type=int, default=4, help="K: number of successive subsets")
+    ap.add_argument("--subset-updates", type=int, help="max updates of a subset variant (default K x --updates)")
+    ap.add_argument("--time-budget", type=float,
+                    help="training seconds per subset variant (default: the full-batch run's wall time)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--dev-wer", action="store_true", help="decode the dev set after every update (slow)")
+    ap.add_argument("--decode-test", action=argparse.BooleanOptionalAction, default=True,
+                    help="decode dev/test with each variant's final model (test WER with 95%% CI)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: the config's num_threads, else 1)")
+    ap.add_argument("--nj", type=int, default=2, help="decoding workers")
+    ap.add_argument("--force", action="store_true", help="rerun variants that already finished")
+    args = ap.parse_args()
+
+    from hfasr.bin.report import read_history
+    from hfasr.bin.report import run as report
+    from hfasr.config import load_config
+    from hfasr.train.sequence import SeqTrainConfig
+
+    cfg_path = args.config or args.exp.parent / "conf" / "seq_smbr_hf.yaml"
+    base = load_config(SeqTrainConfig, cfg_path if cfg_path.is_file() else None, {"criterion": "smbr", "optimizer": "hf"})
+    print(f"# base config: {cfg_path if cfg_path.is_file() else 'SeqTrainConfig defaults'}", flush=True)
+    threads = args.threads or base.num_threads or 1
+    torch.set_num_threads(threads)
+    out = args.out or args.exp / "subset_hf"
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(args)
+
+    names = [n for n in VARIANTS if n in args.variants]
+    budget = args.time_budget
+    dirs: dict[str, Path] = {}
+    for name in names:
+        cfg = variant_config(base, name, args)
+        b = None if name == "full" else budget
+        if name != "full" and b is None and "full" in dirs:
+            b = read_history(dirs["full"]).final.wall_s
+        print(f"# {name}: K={cfg.hf.num_subsets} gradient_reuse={cfg.hf.optimizer.gradient_reuse} "
+              f"warm_start={cfg.hf.optimizer.reuse_warm_start} damping={cfg.hf.optimizer.reuse_damping} "
+              f"max updates {cfg.hf.updates}" + ("" if b is None else f", time budget {b:.1f} s"), flush=True)
+        dirs[name] = run_variant(name, cfg, ctx, out, b, args.force)
+        if args.decode_test:
+            decode_test(dirs[name], args, ctx)
+    runs = {n: read_history(d) for n, d in dirs.items()}
+    text = (f"# Subset HF vs full-batch HF ({args.task}, HF-sMBR, K = {args.subsets}, {threads} thread(s))\n\n"
+            + table(runs, "full"))
+    (out / "subset_hf.md").write_text(text)
+    (out / "subset_hf.json").write_text(json.dumps({n: [vars(p) for p in r.points] for n, r in runs.items()}, indent=1))
+    print(text)
+    with contextlib.redirect_stdout(io.StringIO()):  # its markdown goes to OUT/report.md
+        report(argparse.Namespace(exp_dirs=list(dirs.values()), out=out / "report"))
+    print(f"# written: {out / 'subset_hf.md'}, {out / 'report.png'}, {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
