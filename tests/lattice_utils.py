@@ -40,7 +40,7 @@ def random_lattice(T: int, K: int, seed: int, width: int = 3, eps: bool = True, 
     for s in layers[-1]:
         final[s] = rng.uniform(0, 1)
     order = sorted(range(len(src)), key=lambda i: (src[i], dst[i]))
-    L = lambda xs, dt=torch.long: torch.tensor([xs[i] for i in order], dtype=dt)  # noqa: E731
+    L = lambda xs, dt=torch.long: torch.tensor([xs[i] for i in order], dtype=dt)
     lat = Lattice(num_states=sid, num_frames=T, src=L(src), dst=L(dst), frame=L(frame), pdf=L(pdf),
                   graph_cost=L(gc, torch.float64), final_cost=final, tid=L(tid), word=torch.zeros(len(src), dtype=torch.long))
     lat.validate()
@@ -90,4 +90,22 @@ def path_onehots(lat: Lattice, paths, K: int) -> torch.Tensor:
     return phis
 
 
-__all__ = ["random_lattice", "enumerate_paths", "path_scores", "path_onehots", "itertools"]
+__all__ = ["enumerate_paths", "itertools", "path_onehots", "path_scores", "random_lattice"]
+
+
+def random_seq_data(n: int, seed: int, K: int, F: int, t_span: int, dtype=torch.float32):
+    """``SeqData`` of ``n`` utterances (6 .. 6+t_span-1 frames) on random lattices over ``K``
+    pdfs; features (``F`` dims) noisy but informative about the reference (first arc's pdf)."""
+    from hfasr.criteria.sequence import SeqSupervision
+    from hfasr.train.sequence import SeqData
+
+    g = torch.Generator().manual_seed(seed)
+    ids, utts = [], []
+    for i in range(n):
+        T = 6 + i % t_span
+        lat = random_lattice(T, K, seed=seed * 100 + i)
+        ref = torch.tensor([int(lat.pdf[(lat.frame == t) & (lat.pdf >= 0)][0]) for t in range(T)])
+        x = torch.randn(T, F, generator=g, dtype=dtype) + torch.nn.functional.one_hot(ref, K)[:, :F].to(dtype)
+        ids.append(f"u{seed}-{i}")
+        utts.append((x, SeqSupervision(lat, ref, ref_phone=ref + 1)))
+    return SeqData(ids, utts, {c: "" for c in ids})

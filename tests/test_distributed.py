@@ -78,22 +78,9 @@ SEQ_RUNS = {
 
 
 def _seq_data(n, seed):
-    from lattice_utils import random_lattice
+    from lattice_utils import random_seq_data
 
-    from hfasr.criteria.sequence import SeqSupervision
-    from hfasr.train.sequence import SeqData
-
-    g = torch.Generator().manual_seed(seed)
-    ids, utts = [], []
-    for i in range(n):
-        T = 6 + i % 5
-        lat = random_lattice(T, SEQ_K, seed=seed * 100 + i)
-        ref = torch.tensor([int(lat.pdf[(lat.frame == t) & (lat.pdf >= 0)][0]) for t in range(T)])
-        x = torch.randn(T, SEQ_F, generator=g, dtype=torch.float64)
-        x = x + torch.nn.functional.one_hot(ref, SEQ_K)[:, :SEQ_F].double()
-        ids.append(f"u{seed}-{i}")
-        utts.append((x, SeqSupervision(lat, ref, ref_phone=ref + 1)))
-    return SeqData(ids, utts, {c: "" for c in ids})
+    return random_seq_data(n, seed, SEQ_K, SEQ_F, t_span=5, dtype=torch.float64)
 
 
 def _seq_train(out_dir, run: str):

@@ -7,18 +7,17 @@ import json
 
 import pytest
 import torch
-from lattice_utils import random_lattice
+from lattice_utils import random_seq_data
 from test_decode import YES_NO, crafted
 from yesno_graph import build_yesno_graph
 
 from hfasr.config import from_dict
-from hfasr.criteria.sequence import SeqSupervision
 from hfasr.decode.decoder import decode_lattice, lattice_to_tensors
 from hfasr.errors import ConfigError, HfasrError
 from hfasr.lattice import LatticeBatch
 from hfasr.lattice.generate import tensors_to_lattice
 from hfasr.models import build_model
-from hfasr.train.sequence import SeqData, SequenceTrainer, SeqTrainConfig
+from hfasr.train.sequence import SeqTrainConfig, SequenceTrainer
 
 K, F = 5, 3
 
@@ -62,16 +61,7 @@ def test_lattice_conversion_keeps_the_decoders_best_path(graph, bias):
 
 
 def _data(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    ids, utts = [], []
-    for i in range(n):
-        T = 6 + i % 4
-        lat = random_lattice(T, K, seed=seed * 100 + i)
-        ref = torch.tensor([int(lat.pdf[(lat.frame == t) & (lat.pdf >= 0)][0]) for t in range(T)])
-        x = torch.randn(T, F, generator=g) + torch.nn.functional.one_hot(ref, K)[:, :F].float()
-        ids.append(f"u{seed}-{i}")
-        utts.append((x, SeqSupervision(lat, ref, ref_phone=ref + 1)))
-    return SeqData(ids, utts, {c: "" for c in ids})
+    return random_seq_data(n, seed, K, F, t_span=4)
 
 
 def _trainer(tmp_path, opt, **over):

@@ -270,12 +270,14 @@ class SequenceTrainer:
         return res
 
     def _wer(self, data: SeqData, lls: dict[str, Tensor]) -> float:
-        from hfasr.bin.decode import load_tid2pdf, read_words
         from hfasr.decode import decode_batch, results_to_text, score
+        from hfasr.gmm.model import GmmModel
+        from hfasr.lang.graphs import read_symbols
 
         if not hasattr(self, "_tid2pdf"):
-            self._tid2pdf = load_tid2pdf(self.model_dir)
-            self._id2word = read_words(self.graph_dir / "words.txt")
+            tm = GmmModel.read(self.model_dir / "final.mdl").tm
+            self._tid2pdf = torch.tensor(tm.transition_id_to_pdf_array(), dtype=torch.long)
+            self._id2word = {i: w for w, i in read_symbols(self.graph_dir / "words.txt").items()}
         ids = list(lls)
         res = decode_batch(str(self.graph_dir / "HCLG.fst"), self._tid2pdf, [lls[c] for c in ids],
                            self.cfg.decode_acoustic_scale, names=ids, num_workers=0, progress=False)
