@@ -189,3 +189,26 @@ def test_sparse_init_has_15_inputs_per_unit():
     for lin in list(m.hidden) + [m.output]:
         assert ((lin.weight != 0).sum(1) == min(15, lin.weight.shape[1])).all()
         assert (lin.bias == 0).all()
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu"])
+def test_linearize_jvp_matches_torch_func(activation: str) -> None:
+    """DNN.linearize's hand-written J v equals torch.func.jvp for every parameter tangent."""
+    from torch.func import functional_call, jvp
+
+    torch.manual_seed(0)
+    model = DNN(5, 7, hidden_dim=6, num_layers=2, context=1, activation=activation, utt_cmn=True).double()
+    x = torch.randn(3, 9, 5, dtype=torch.float64)
+    lens = torch.tensor([9, 6, 4])
+    names = [n for n, _ in model.named_parameters()]
+    params = tuple(p.detach() for p in model.parameters())
+    tangents = tuple(torch.randn_like(p) for p in params)
+    out, lin = model.linearize(x, lens)
+    assert torch.allclose(out, model(x, lens))
+    ref_out, ref_dz = jvp(lambda *ps: functional_call(model, dict(zip(names, ps)), (x, lens)), params, tangents)
+    assert torch.allclose(lin(dict(zip(names, tangents))), ref_dz, atol=1e-10)
+    # a subset of tangents (the others zero)
+    sub = {names[0]: tangents[0], names[-1]: tangents[-1]}
+    full = tuple(sub.get(n, torch.zeros_like(p)) for n, p in zip(names, params))
+    _, ref_sub = jvp(lambda *ps: functional_call(model, dict(zip(names, ps)), (x, lens)), params, full)
+    assert torch.allclose(lin(sub), ref_sub, atol=1e-10)

@@ -29,7 +29,7 @@ from torch.func import functional_call
 
 from hfasr.errors import DataError
 from hfasr.optim.curvature import SoftmaxFisher
-from hfasr.optim.gn import GaussNewton, flatten
+from hfasr.optim.gn import GaussNewton, ModelGaussNewton, flatten
 
 Normalize = Literal["utterance", "frame", "none"]
 
@@ -216,24 +216,6 @@ def ctc_curvature(logits: Tensor, logit_lens: Tensor) -> SoftmaxFisher:
 
 
 # --------------------------------------------------------------------------- HF objective
-class ModelGaussNewton(GaussNewton):
-    """:class:`GaussNewton` whose J v is the model's hand-written R-op (``model.linearize``,
-    as :class:`~hfasr.models.blstm.BLSTM` and :class:`~hfasr.models.mdlstm.MDLSTM` provide):
-    no trace of the time loop (``torch.func.linearize``) and no recomputation of the forward
-    pass (``torch.func.jvp``); Jᵀ u is the usual ``torch.func.vjp`` closure.
-
-    ``fn`` must compute the same function as ``model.linearize(*args, **kwargs)`` of the
-    parameters ``names`` (in the order of ``params``).
-    """
-
-    def __init__(self, model: nn.Module, names: Sequence[str], fn, params: Sequence[Tensor], curvature,
-                 normalizer: float, structural_weights=None, args: tuple = (), kwargs: dict | None = None) -> None:
-        super().__init__(fn, params, curvature, normalizer, structural_weights=structural_weights, jvp_mode="double-vjp")
-        _, jvp = model.linearize(*args, **(kwargs or {}))  # type: ignore[operator]
-        names = list(names)
-        self._jvp = lambda vt: jvp(dict(zip(names, vt)))
-
-
 Batch = tuple[Tensor, Tensor, Tensor, Tensor]  # feats (B,T,F), feat_lens (B,), targets (B,S), target_lens (B,)
 
 

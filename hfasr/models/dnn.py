@@ -20,6 +20,7 @@ No in-place operations on values that depend on parameters: the same code serves
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -180,6 +181,55 @@ class DNN(nn.Module):
             x = utterance_cmn(x, lengths)
         x = (x - self.cmvn_mean) / self.cmvn_std
         return self._layers(splice(x, self.context, lengths))
+
+    def linearize(self, x: Tensor, lengths: Tensor | None = None
+                  ) -> tuple[Tensor, Callable[[Mapping[str, Tensor]], Tensor]]:
+        """Forward pass at the current parameters (no autograd) and its hand-written J v.
+
+        Returns ``(logits, jvp)``; ``jvp`` maps parameter tangents ``{name: tensor}`` (names of
+        :meth:`named_parameters`; missing ones are 0) to the tangent of the logits. The spliced
+        input and every layer's activation derivative are kept, so one J v costs two matrix
+        products per layer (``torch.func.linearize`` traces the graph at every linearization
+        and replays it more slowly). The parameters are copied: later in-place updates do not
+        move the linearization point.
+        """
+        w = {n: p.detach().clone() for n, p in self.named_parameters()}
+        with torch.no_grad():
+            if self.utt_cmn:
+                x = utterance_cmn(x, lengths)
+            h = splice((x - self.cmvn_mean) / self.cmvn_std, self.context, lengths)
+            inputs, derivs = [], []
+            for lin in self.hidden:
+                inputs.append(h)
+                a = lin(h)
+                h = self._act(a)
+                if self.activation == "sigmoid":
+                    derivs.append(h * (1 - h))
+                elif self.activation == "tanh":
+                    derivs.append(1 - h * h)
+                else:
+                    derivs.append((a > 0).to(h.dtype))
+            inputs.append(h)
+            out = self.output(h)
+        names = [f"hidden.{i}" for i in range(len(self.hidden))] + ["output"]
+
+        def jvp(tangents: Mapping[str, Tensor]) -> Tensor:
+            with torch.no_grad():
+                dh: Tensor | None = None
+                for i, name in enumerate(names):
+                    da = None if dh is None else dh @ w[f"{name}.weight"].T
+                    dw, db = tangents.get(f"{name}.weight"), tangents.get(f"{name}.bias")
+                    if dw is not None:
+                        da = inputs[i] @ dw.T if da is None else da + inputs[i] @ dw.T
+                    if db is not None:
+                        da = db.expand(*inputs[i].shape[:-1], db.shape[0]) if da is None else da + db
+                    if da is None:
+                        da = inputs[i].new_zeros(*inputs[i].shape[:-1], w[f"{name}.weight"].shape[0])
+                    dh = da * derivs[i] if i < len(derivs) else da
+                assert dh is not None
+                return dh
+
+        return out, jvp
 
     def forward_spliced(self, rows: Tensor) -> Tensor:
         """Logits (N, K) of raw (un-normalized) spliced frame rows (N, (2c+1)·F)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import linearize, vjp
 
 from hfasr.optim.curvature import OutputCurvature
@@ -119,3 +119,22 @@ class GaussNewton:
         s = self.curvature.sample(generator)
         cot = (s, [torch.zeros_like(a) for a in self._zero_acts]) if self.structural else s
         return flatten(self._vjp(cot)[0])
+
+
+class ModelGaussNewton(GaussNewton):
+    """:class:`GaussNewton` whose J v is the model's hand-written R-op (``model.linearize``,
+    as :class:`~hfasr.models.dnn.DNN`, :class:`~hfasr.models.blstm.BLSTM` and
+    :class:`~hfasr.models.mdlstm.MDLSTM` provide):
+    no trace of the time loop (``torch.func.linearize``) and no recomputation of the forward
+    pass (``torch.func.jvp``); Jᵀ u is the usual ``torch.func.vjp`` closure.
+
+    ``fn`` must compute the same function as ``model.linearize(*args, **kwargs)`` of the
+    parameters ``names`` (in the order of ``params``).
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], fn, params: Sequence[Tensor], curvature,
+                 normalizer: float, structural_weights=None, args: tuple = (), kwargs: dict | None = None) -> None:
+        super().__init__(fn, params, curvature, normalizer, structural_weights=structural_weights, jvp_mode="double-vjp")
+        _, jvp = model.linearize(*args, **(kwargs or {}))  # type: ignore[operator]
+        names = list(names)
+        self._jvp = lambda vt: jvp(dict(zip(names, vt)))

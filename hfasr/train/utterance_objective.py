@@ -36,7 +36,7 @@ from torch.func import functional_call
 
 from hfasr.optim.curvature import OutputCurvature
 from hfasr.optim.distributed import all_reduce_, is_distributed
-from hfasr.optim.gn import GaussNewton, flatten
+from hfasr.optim.gn import GaussNewton, ModelGaussNewton, flatten
 
 
 @dataclass
@@ -209,7 +209,15 @@ class UtteranceObjective:
 
         with torch.no_grad():
             frames = int(lens.sum())
-        return GaussNewton(fn, [p.detach() for p in self.params], curv, normalizer=frames)
+        return self._gauss_newton(fn, curv, frames, x, lens)
+
+    def _gauss_newton(self, fn, curv, normalizer: float, x: Tensor, lens: Tensor) -> GaussNewton:
+        """G v at the current parameters: the model's hand-written J v when it has one
+        (``model.linearize``: DNN, BLSTM, MDLSTM), else ``torch.func.linearize``."""
+        params = [p.detach() for p in self.params]
+        if callable(getattr(self.model, "linearize", None)):
+            return ModelGaussNewton(self.model, self.names, fn, params, curv, normalizer=normalizer, args=(x, lens))
+        return GaussNewton(fn, params, curv, normalizer=normalizer)
 
     def _linearize(self, idx: list[int], normalizer: float) -> GaussNewton:
         x, lens, sups = self._run(self.utts, idx)
@@ -221,7 +229,7 @@ class UtteranceObjective:
         def curv(z: Tensor) -> OutputCurvature:
             return self.criterion(z, lens, sups).curvature()
 
-        return GaussNewton(fn, [p.detach() for p in self.params], curv, normalizer=normalizer)
+        return self._gauss_newton(fn, curv, normalizer, x, lens)
 
     def _shard_curvature(self, idx: list[int]) -> ShardGaussNewton:
         """This rank's part of the global curvature sample ``idx``, normalised by its global frame count."""
