@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        mod = importlib.import_module(f"hfasr.bin.{name}")
+        mod = importlib.import_module(f"hfasr.bin.{name.replace('-', '_')}")
         sp = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.run)

@@ -1,0 +1,187 @@
+"""CTC training (``hfasr train --criterion ctc``) on 6 real yesno utterances: HF and Adam lower
+the dev loss and resume exactly; the CLI trains, decodes (greedy + TLG), aligns and reports;
+config and data errors name the key, file or utterance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from lhotse import load_manifest
+
+from hfasr.cli import main
+from hfasr.config import from_dict, load_config
+from hfasr.data.corpora import manifest_path, prepare_corpus
+from hfasr.data.features import FeatureConfig, compute_features
+from hfasr.decode.ctc import collapse
+from hfasr.errors import ConfigError, DataError, HfasrError
+from hfasr.lang.prepare import LangConfig, prepare_lang
+from hfasr.train.ctc import CtcTrainConfig, make_batches, run_ctc_training
+
+TASK = "yesno"
+TINY = {"model": "blstm", "num_threads": 1, "max_frames": 1300,
+        "blstm": {"hidden_size": 16, "num_layers": 1, "subsample": 4},
+        "hf": {"updates": 3, "heldout_fraction": 0.34, "curvature_fraction": 0.5, "curvature_min_utts": 2,
+               "optimizer": {"cg_max_iters": 8}},
+        "adam": {"lr": 0.01, "epochs": 2, "reports_per_epoch": 2}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, yesno_dir):
+    """yesno cut down to 6 train / 3 dev / 3 test utterances, 23-bin fbank, and its lang dir."""
+    root = tmp_path_factory.mktemp("yesno_ctc")
+    prepare_corpus("yesno", root, corpus_dir=yesno_dir)
+    for split, n in (("train", 6), ("dev", 3), ("test", 3)):
+        p = manifest_path(root, TASK, split)
+        load_manifest(p).subset(first=n).to_file(p)
+    compute_features(root, TASK, FeatureConfig(num_mel_bins=23), progress=False)
+    prepare_lang(root, TASK, root / "lang", LangConfig(lm_order=1))
+    return root
+
+
+def cfg_of(**over) -> CtcTrainConfig:
+    d = json.loads(json.dumps(TINY))
+    for k, v in over.items():
+        if isinstance(v, dict):
+            d[k] = {**d.get(k, {}), **v}
+        else:
+            d[k] = v
+    return from_dict(CtcTrainConfig, d)
+
+
+def history(path):
+    return [json.loads(x) for x in (path / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("opt", ["hf", "adam"])
+def test_ctc_training_lowers_dev_loss_and_resumes_exactly(tiny, tmp_path, opt):
+    full = run_ctc_training(cfg_of(optimizer=opt), tiny, TASK, tmp_path / "full", lang_dir=tiny / "lang",
+                            progress=False)
+    hist = history(tmp_path / "full")
+    assert [h["update"] for h in hist] == list(range(len(hist)))
+    assert len(hist) == (4 if opt == "hf" else 5)
+    assert hist[-1]["dev_obj"] < hist[0]["dev_obj"]
+    assert all(h["run"] == f"{opt}-ctc-blstm" and h["criterion"] == "ctc" and h["dev_wer"] is not None
+               for h in hist)
+    final = torch.load(tmp_path / "full/final.pt", weights_only=True)
+    assert final["tokens"] == ["<blk>", "N", "Y"] and final["unit"] == "phone"
+    assert (tmp_path / "full/tokens.txt").read_text() == "<blk> 0\nN 1\nY 2\n"
+
+    # stop early, then resume with the full run's length: the same parameters and history
+    short = {"hf": {"updates": 2}} if opt == "hf" else {"adam": {"epochs": 1}}
+    run_ctc_training(cfg_of(optimizer=opt, **short), tiny, TASK, tmp_path / "part", lang_dir=tiny / "lang",
+                     progress=False)
+    with pytest.raises(HfasrError, match="--resume"):
+        run_ctc_training(cfg_of(optimizer=opt), tiny, TASK, tmp_path / "part", lang_dir=tiny / "lang",
+                         progress=False)
+    with pytest.raises(ConfigError, match="different config.*normalize"):
+        run_ctc_training(cfg_of(optimizer=opt, normalize="utterance"), tiny, TASK, tmp_path / "part",
+                         lang_dir=tiny / "lang", resume=True, progress=False)
+    again = run_ctc_training(cfg_of(optimizer=opt), tiny, TASK, tmp_path / "part", lang_dir=tiny / "lang",
+                             resume=True, progress=False)
+    for a, b in zip(full.model.parameters(), again.model.parameters()):
+        assert torch.equal(a.detach(), b.detach())
+    assert [h["dev_obj"] for h in history(tmp_path / "part")] == [h["dev_obj"] for h in hist]
+    assert "resumed from" in (tmp_path / "part/train.log").read_text()
+
+
+@pytest.mark.parametrize("model,section", [
+    ("mdlstm", {"hidden_sizes": [4, 4], "ff_sizes": [8], "freq_patches": [3], "input_patch": 4}),
+    ("dnn", {"hidden_dim": 32, "num_layers": 2, "context": 2}),
+])
+def test_other_models_train_with_hf(tiny, tmp_path, model, section):
+    cfg = cfg_of(model=model, **{model: section}, hf={"updates": 1}, units="char")
+    t = run_ctc_training(cfg, tiny, TASK, tmp_path, progress=False)
+    hist = history(tmp_path)
+    assert len(hist) == 2 and hist[0]["run"] == f"hf-ctc-{model}"
+    assert hist[1]["dev_obj"] < hist[0]["dev_obj"]
+    assert t.table.tokens == ["<blk>", "E", "N", "O", "S", "Y", "<space>"]
+    assert t.objective.structural == (model == "mdlstm")
+
+
+def test_cli_train_decode_align_results(tiny, tmp_path, capsys):
+    conf = tmp_path / "ctc.yaml"
+    conf.write_text(yaml.safe_dump({**TINY, "hf": {**TINY["hf"], "updates": 1}}))
+    exp = tmp_path / "exp"
+    common = ["--data-dir", str(tiny), "--task", TASK]
+    rc = main(["train", "--criterion", "ctc", "--model", "blstm", "--optimizer", "hf", *common, "--lang",
+               str(tiny / "lang"), "--out", str(exp / "ctc_blstm_hf"), "--config", str(conf), "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "hf-ctc-blstm, 1 updates" in out and out.count("ctc hf-ctc-blstm update=") == 2
+    assert load_config(CtcTrainConfig, exp / "ctc_blstm_hf/config.yaml").hf.updates == 1
+    model = exp / "ctc_blstm_hf/final.pt"
+    dec = exp / "ctc_blstm_hf/decode_test"
+    rc = main(["ctc-decode", "--model", str(model), *common, "--lang", str(tiny / "lang"), "--out", str(dec),
+               "--dev-split", "dev", "--lm-weights", "0.5,1", "--word-penalties", "0"])
+    assert rc == 0
+    wer = (dec / "wer.txt").read_text()
+    assert wer.startswith("%WER ") and "95% CI" in wer and "# greedy: %WER" in wer
+    assert (dec / "greedy/ter.txt").read_text().startswith("%PER ")
+    assert len((dec / "sweep.txt").read_text().splitlines()) == 3
+    assert (exp / "ctc_blstm_hf/graph/TLG.fst").is_file()
+    assert len((dec / "hyp.txt").read_text().splitlines()) == 3
+    capsys.readouterr()
+    assert main(["results", str(exp), "--task", TASK]) == 0
+    assert "| yesno | test | ctc_blstm_hf |" in capsys.readouterr().out
+    # forced alignment: every frame path collapses to the reference tokens
+    ali = tmp_path / "ali.pt"
+    assert main(["ctc-align", "--model", str(model), *common, "--split", "train", "--lang", str(tiny / "lang"),
+                 "--out", str(ali)]) == 0
+    d = torch.load(ali, weights_only=True)
+    refs = {c.id: c.supervisions[0].text for c in load_manifest(manifest_path(tiny, TASK, "train", "feats"))}
+    assert len(d["cut_ids"]) == 6
+    for cid, path, T in zip(d["cut_ids"], d["tokens"], d["input_frames"]):
+        assert len(path) == -(-T // 4)  # subsample 4
+        assert [d["token_table"][k] for k in collapse(path.tolist())] == [
+            {"NO": "N", "YES": "Y"}[w] for w in refs[cid].split()]
+
+
+def test_config_and_data_errors(tiny, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="key 'optimizer'.*'sgd'"):
+        from_dict(CtcTrainConfig, {"optimizer": "sgd"})
+    with pytest.raises(ConfigError, match="unknown key 'hiden_size'"):
+        from_dict(CtcTrainConfig, {"blstm": {"hiden_size": 3}})
+    with pytest.raises(ConfigError, match="key 'model'"):
+        from_dict(CtcTrainConfig, {"model": "lstm"})
+    # a partial hf.optimizer section keeps the CTC defaults (held-out ρ, structural damping)
+    cfg = from_dict(CtcTrainConfig, {"hf": {"optimizer": {"cg_max_iters": 7}}})
+    assert cfg.hf.optimizer.rho_data == "heldout" and cfg.hf.optimizer.structural_damping > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("criterion: ctc\nadam: {lr: -1}\n")
+    rc = main(["train", "--data-dir", str(tiny), "--task", TASK, "--out", str(tmp_path / "o"), "--config", str(bad)])
+    assert rc == 2 and "bad.yaml" in capsys.readouterr().err
+    rc = main(["train", "--data-dir", str(tiny), "--task", TASK, "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--ali-dir" in capsys.readouterr().err
+    # a transcript word missing from the lexicon names the cut and the manifest
+    lang = tmp_path / "lang"
+    lang.mkdir()
+    (lang / "lexicon.txt").write_text("NO N\n")
+    with pytest.raises(DataError, match=r"cut '.*' of .*yesno_feats_train.*'YES'"):
+        run_ctc_training(cfg_of(), tiny, TASK, tmp_path / "x", lang_dir=lang, progress=False)
+    with pytest.raises(ConfigError, match="--lang"):
+        run_ctc_training(cfg_of(), tiny, "mytask", tmp_path / "y", progress=False)
+    with pytest.raises(DataError, match="feature manifest not found"):
+        run_ctc_training(cfg_of(), tmp_path, TASK, tmp_path / "z", progress=False)
+    rc = main(["ctc-decode", "--model", str(tmp_path / "nope.pt"), "--data-dir", str(tiny), "--task", TASK,
+               "--lang", str(tiny / "lang"), "--out", str(tmp_path / "d")])
+    assert rc == 2 and "checkpoint not found" in capsys.readouterr().err
+
+
+def test_make_batches_bounds_padded_frames():
+    lens = [5, 9, 3, 9, 4, 1]
+    groups = make_batches(lens, 12)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(len(g) == 1 or len(g) * max(lens[i] for i in g) <= 12 for g in groups)
+    assert groups[0] == [1]  # longest first; one utterance even if it alone exceeds the limit
+    assert make_batches([20], 12) == [[0]]
