@@ -18,8 +18,8 @@ G v products exactly as in training (:mod:`hfasr.optim.distributed`):
   topology, frame counts and pdfs; the features are random, the model sized to the lattices'
   pdfs); the G v batch is ``--seq-curv-fraction`` of the utterances.
 
-For each: one warm-up call, then ``--reps`` timed calls (all ranks start together; the time is
-the slowest rank's). Throughput = global frames processed / seconds (the gradient covers all
+For each: one warm-up call, then ``--reps`` timed calls, each from a barrier to the slowest
+rank's end; the median call counts. Throughput = global frames processed / seconds (the gradient covers all
 frames, a G v product the curvature batch); the G v batch is linearized once, outside the
 timing. Prints a markdown table with the ratio N-proc / 1-proc. Speed-ups need N idle cores:
 on a loaded machine the numbers say little.
@@ -110,19 +110,22 @@ def seq_utterances(args):
 # ------------------------------------------------------------------------------------ timing
 
 def timed(fn, reps: int) -> float:
-    """Seconds for ``reps`` calls of ``fn`` after one warm-up, the slowest rank's."""
+    """Median seconds of one call of ``fn`` over ``reps`` calls after one warm-up; each call is
+    timed from a barrier to the slowest rank's end (the median damps other jobs' noise)."""
     from hfasr.optim.distributed import is_distributed
 
     fn()
-    if is_distributed():
-        torch.distributed.barrier()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(reps):
+        if is_distributed():
+            torch.distributed.barrier()
+        t0 = time.perf_counter()
         fn()
-    dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-    if is_distributed():
-        torch.distributed.all_reduce(dt, op=torch.distributed.ReduceOp.MAX)
-    return float(dt)
+        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        if is_distributed():
+            torch.distributed.all_reduce(dt, op=torch.distributed.ReduceOp.MAX)
+        times.append(float(dt))
+    return reps * sorted(times)[len(times) // 2]
 
 
 def bench_frame(args, rank: int, world: int) -> dict:
@@ -202,14 +205,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2], help="process counts (first = baseline)")
     ap.add_argument("--objectives", nargs="+", default=["frame", "sequence"], choices=["frame", "sequence"])
-    ap.add_argument("--reps", type=int, default=4, help="timed calls per measurement (after one warm-up)")
-    ap.add_argument("--frames", type=int, default=16384, help="frame objective: training frames")
+    ap.add_argument("--reps", type=int, default=5, help="timed calls per measurement (after one warm-up); the median counts")
+    ap.add_argument("--frames", type=int, default=65536, help="frame objective: training frames")
     ap.add_argument("--frame-curv-fraction", type=float, default=0.25)
     ap.add_argument("--pdfs", type=int, default=500, help="outputs (random lattices and the frame DNN)")
-    ap.add_argument("--utts", type=int, default=48, help="sequence objective: utterances (0 with --lat-dir: all)")
+    ap.add_argument("--utts", type=int, default=96, help="sequence objective: utterances (0 with --lat-dir: all)")
     ap.add_argument("--width", type=int, default=6, help="random lattices: max states per frame")
     ap.add_argument("--seq-curv-fraction", type=float, default=0.25)
-    ap.add_argument("--max-frames", type=int, default=2000, help="padded frames per sequence batch")
+    ap.add_argument("--max-frames", type=int, default=1000,
+                    help="padded frames per sequence batch (whole batches are dealt to the ranks: many small ones balance them)")
     ap.add_argument("--lat-dir", type=Path, help="use the real lattices of LAT_DIR/lats_train.pt")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) and raw numbers (json) here")
     args = ap.parse_args()
