@@ -24,7 +24,7 @@ TASK = "yesno"
 TINY = {"model": "blstm", "num_threads": 1, "max_frames": 1300,
         "blstm": {"hidden_size": 16, "num_layers": 1, "subsample": 4},
         "hf": {"updates": 3, "heldout_fraction": 0.34, "curvature_fraction": 0.5, "curvature_min_utts": 2,
-               "optimizer": {"cg_max_iters": 8}},
+               "optimizer": {"cg_max_iters": 8, "structural_damping": 0.03}},
         "adam": {"lr": 0.01, "epochs": 2, "reports_per_epoch": 2}}
 
 
@@ -154,9 +154,9 @@ def test_config_and_data_errors(tiny, tmp_path, capsys):
         from_dict(CtcTrainConfig, {"blstm": {"hiden_size": 3}})
     with pytest.raises(ConfigError, match="key 'model'"):
         from_dict(CtcTrainConfig, {"model": "lstm"})
-    # a partial hf.optimizer section keeps the CTC defaults (held-out ρ, structural damping)
+    # a partial hf.optimizer section keeps the CTC defaults (held-out ρ)
     cfg = from_dict(CtcTrainConfig, {"hf": {"optimizer": {"cg_max_iters": 7}}})
-    assert cfg.hf.optimizer.rho_data == "heldout" and cfg.hf.optimizer.structural_damping > 0
+    assert cfg.hf.optimizer.rho_data == "heldout" and cfg.hf.optimizer.cg_max_iters == 7
     bad = tmp_path / "bad.yaml"
     bad.write_text("criterion: ctc\nadam: {lr: -1}\n")
     rc = main(["train", "--data-dir", str(tiny), "--task", TASK, "--out", str(tmp_path / "o"), "--config", str(bad)])
