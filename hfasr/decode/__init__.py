@@ -4,7 +4,9 @@
   (raw state-level lattice) and :func:`lattice_to_tensors`, :func:`decode_batch` (progress bar,
   process pool), :func:`sweep_acoustic_scale` (pick the LM weight on dev);
 * :mod:`hfasr.decode.score`: Kaldi-format WER/SER lines, bootstrap CI, ``wer.txt`` and
-  ``errs-<set>.txt``.
+  ``errs-<set>.txt``;
+* :mod:`hfasr.decode.ctc`: CTC greedy decoding (tokens → words), TLG decoding of per-frame token
+  log-probabilities through the same decoder (input label = token id + 1), forced alignment.
 
 The graph is any HCLG whose input labels are transition-ids, with ``tid2pdf`` =
 ``TransitionModel.transition_id_to_pdf_array()``; nothing here depends on :mod:`hfasr.lang`.

@@ -1,4 +1,5 @@
-"""Lexicons, phone and word tables, n-gram LMs and the L / G / HCLG graphs (``hfasr lang``)."""
+"""Lexicons, phone and word tables, n-gram LMs and the L / G / HCLG graphs (``hfasr lang``);
+CTC decoding graphs (CTC topology, token lexicon, TLG) in :mod:`hfasr.lang.ctc`."""
 
 from hfasr.lang.arpa import NgramLM, read_arpa, train_witten_bell
 from hfasr.lang.graphs import accepts, arpa_to_fst, make_hclg, make_lexicon_fst, make_topo
