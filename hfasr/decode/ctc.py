@@ -123,8 +123,8 @@ def segment_words(units: Sequence[str], prons: Mapping[str, Sequence[Sequence[st
 
 def tokens_to_words(units: Sequence[str], unit: str, word_boundary: str | None = None,
                     prons: Mapping[str, Sequence[Sequence[str]]] | None = None) -> list[str]:
-    """Words of a token-string sequence: split at ``word_boundary`` (characters; without one,
-    each character run is one word) or segmented with the lexicon (phones)."""
+    """Words of a token-string sequence: characters split at ``word_boundary`` (without one the
+    whole sequence is one word), or phones segmented with the lexicon."""
     if unit == "char":
         text = "".join(" " if u == word_boundary else u for u in units)
         return text.split()

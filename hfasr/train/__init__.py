@@ -4,6 +4,8 @@
   checkpoints, exact resume), the optimizer / criterion registries and :func:`run_training`.
 - :mod:`~hfasr.train.ce`: frame cross-entropy (:class:`FrameCE`), dev evaluation, pdf priors.
 - :mod:`~hfasr.train.schedule`: constant / cosine / newbob learning-rate schedules.
+- :mod:`~hfasr.train.sequence`: lattice-based sequence training (MMI / bMMI / MPE / sMBR).
+- :mod:`~hfasr.train.ctc`: CTC training of BLSTM / MDLSTM / DNN with HF or Adam.
 """
 
 from hfasr.train.ce import FrameCE, compute_log_prior, evaluate_frames, prior_from_data, save_prior
