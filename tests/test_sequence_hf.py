@@ -88,3 +88,29 @@ def test_hf_sequence_updates_reduce_loss(crit):
     for _ in range(4):
         opt.step(obj)
     assert obj.loss("gradient") < first
+
+
+def test_curvature_buckets_by_length_same_product(monkeypatch):
+    """The curvature sample is split into batches of similar lengths (no products spent on
+    padding); their summed G v equals the one-padded-batch product, and the curvature-data loss
+    is unchanged."""
+    import hfasr.train.utterance_objective as uo
+    from hfasr.models import DNN
+    from hfasr.optim import SumGaussNewton
+    from lattice_utils import random_seq_data
+
+    data = random_seq_data(10, 3, K, 4, t_span=9, dtype=torch.float64)
+    crit = _criterion("fisher")
+    torch.manual_seed(0)
+    model = DNN(4, K, hidden_dim=6, num_layers=2, context=1).double()
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    out = {}
+    for pad in (None, 0.1):
+        monkeypatch.setattr(uo, "CURVATURE_MAX_PADDING", pad)
+        obj = UtteranceObjective(model, sequence_criterion_fn(crit), data.utts, curvature_fraction=1.0)
+        gn = obj.curvature(torch.Generator().manual_seed(0))
+        out[pad] = (gn(v), obj.loss("curvature"), isinstance(gn, SumGaussNewton), gn.normalizer)
+    assert not out[None][2] and out[0.1][2]
+    assert out[None][3] == out[0.1][3] == sum(int(u[0].shape[0]) for u in data.utts)
+    assert torch.allclose(out[None][0], out[0.1][0], atol=1e-12, rtol=1e-9)
+    assert abs(out[None][1] - out[0.1][1]) < 1e-12

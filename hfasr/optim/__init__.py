@@ -9,11 +9,11 @@
 
 from hfasr.optim.cg import CGResult, pcg
 from hfasr.optim.curvature import OutputCurvature, SoftmaxFisher, SquaredError
-from hfasr.optim.gn import GaussNewton
+from hfasr.optim.gn import GaussNewton, ModelGaussNewton, SumGaussNewton
 from hfasr.optim.hf import HessianFree, HFConfig, HFObjective, HFStats
 from hfasr.optim.objective import SubsetObjective, TensorObjective, softmax_ce
 
 __all__ = [
-    "CGResult", "pcg", "OutputCurvature", "SoftmaxFisher", "SquaredError", "GaussNewton",
+    "CGResult", "pcg", "OutputCurvature", "SoftmaxFisher", "SquaredError", "GaussNewton", "ModelGaussNewton", "SumGaussNewton",
     "HessianFree", "HFConfig", "HFObjective", "HFStats", "TensorObjective", "SubsetObjective", "softmax_ce",
 ]

@@ -138,3 +138,28 @@ class ModelGaussNewton(GaussNewton):
         _, jvp = model.linearize(*args, **(kwargs or {}))  # type: ignore[operator]
         names = list(names)
         self._jvp = lambda vt: jvp(dict(zip(names, vt)))
+
+
+class SumGaussNewton:
+    """Σ_b G_b v over several linearized batches (e.g. utterances bucketed by length, each
+    :class:`GaussNewton` already divided by the normalizer of the whole sample)."""
+
+    def __init__(self, parts: Sequence[GaussNewton]) -> None:
+        if not parts:
+            raise ValueError("SumGaussNewton needs at least one part")
+        self.parts = list(parts)
+        self.normalizer = self.parts[0].normalizer
+        self.structural = self.parts[0].structural
+
+    def __call__(self, v: Tensor, structural_mu: float = 0.0) -> Tensor:
+        out = self.parts[0](v, structural_mu)
+        for p in self.parts[1:]:
+            out = out + p(v, structural_mu)
+        return out
+
+    def sample_gradient(self, generator: torch.Generator) -> Tensor:
+        out = self.parts[0].sample_gradient(generator)
+        for p in self.parts[1:]:
+            out = out + p.sample_gradient(generator)
+        return out
+

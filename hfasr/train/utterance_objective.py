@@ -36,7 +36,10 @@ from torch.func import functional_call
 
 from hfasr.optim.curvature import OutputCurvature
 from hfasr.optim.distributed import all_reduce_, is_distributed
-from hfasr.optim.gn import GaussNewton, ModelGaussNewton, flatten
+from hfasr.optim.gn import GaussNewton, ModelGaussNewton, SumGaussNewton, flatten
+
+
+CURVATURE_MAX_PADDING = 0.1  # curvature batches: padded frames ≤ 1.1 × real frames
 
 
 @dataclass
@@ -58,17 +61,24 @@ def pad_batch(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return x, lens
 
 
-def make_batches(utts: Sequence[tuple[Tensor, Any]], max_frames: int) -> list[list[int]]:
-    """Indices grouped into batches of at most ``max_frames`` padded frames, longest first."""
-    order = sorted(range(len(utts)), key=lambda i: -utts[i][0].shape[0])
-    batches, cur, cur_max = [], [], 0
+def make_batches(utts: Sequence[tuple[Tensor, Any]], max_frames: int, max_padding: float | None = None
+                 ) -> list[list[int]]:
+    """Indices grouped into batches of at most ``max_frames`` padded frames, longest first.
+
+    ``max_padding``: also start a new batch once the padded frames would exceed
+    ``(1 + max_padding)`` × the real frames (a frame-wise model spends its time on padding too).
+    """
+    order = sorted(range(len(utts)), key=lambda i: (-utts[i][0].shape[0], i))
+    batches, cur, cur_max, cur_sum = [], [], 0, 0
     for i in order:
         T = utts[i][0].shape[0]
-        if cur and max(cur_max, T) * (len(cur) + 1) > max_frames:
+        padded = max(cur_max, T) * (len(cur) + 1)
+        if cur and (padded > max_frames or (max_padding is not None and padded > (1 + max_padding) * (cur_sum + T))):
             batches.append(cur)
-            cur, cur_max = [], 0
+            cur, cur_max, cur_sum = [], 0, 0
         cur.append(i)
         cur_max = max(cur_max, T)
+        cur_sum += T
     if cur:
         batches.append(cur)
     return batches
@@ -194,22 +204,7 @@ class UtteranceObjective:
         if self.shard is not None:
             return self._shard_curvature(idx)
         self._curv = idx
-        x, lens, sups = self._run(self.utts, idx)
-        self.model.eval()
-
-        def fn(params: tuple[Tensor, ...]) -> Tensor:
-            return functional_call(self.model, dict(zip(self.names, params)), (x, lens))
-
-        holder: dict = {}
-
-        def curv(z: Tensor) -> OutputCurvature:
-            res = self.criterion(z, lens, sups)
-            holder["frames"] = res.frames
-            return res.curvature()
-
-        with torch.no_grad():
-            frames = int(lens.sum())
-        return self._gauss_newton(fn, curv, frames, x, lens)
+        return self._linearize(idx, sum(int(self.utts[i][0].shape[0]) for i in idx))
 
     def _gauss_newton(self, fn, curv, normalizer: float, x: Tensor, lens: Tensor) -> GaussNewton:
         """G v at the current parameters: the model's hand-written J v when it has one
@@ -219,17 +214,23 @@ class UtteranceObjective:
             return ModelGaussNewton(self.model, self.names, fn, params, curv, normalizer=normalizer, args=(x, lens))
         return GaussNewton(fn, params, curv, normalizer=normalizer)
 
-    def _linearize(self, idx: list[int], normalizer: float) -> GaussNewton:
-        x, lens, sups = self._run(self.utts, idx)
-        self.model.eval()
+    def _linearize(self, idx: list[int], normalizer: float) -> GaussNewton | SumGaussNewton:
+        """G v on the utterances ``idx`` / ``normalizer``: one :class:`GaussNewton` per batch of
+        similar lengths (at most 10% padding), summed, so that no product is spent on padding."""
+        sub = [self.utts[i] for i in idx]
+        parts = []
+        for b in make_batches(sub, self.max_frames, max_padding=CURVATURE_MAX_PADDING):
+            x, lens, sups = self._run(sub, b)
+            self.model.eval()
 
-        def fn(params: tuple[Tensor, ...]) -> Tensor:
-            return functional_call(self.model, dict(zip(self.names, params)), (x, lens))
+            def fn(params: tuple[Tensor, ...], x=x, lens=lens) -> Tensor:
+                return functional_call(self.model, dict(zip(self.names, params)), (x, lens))
 
-        def curv(z: Tensor) -> OutputCurvature:
-            return self.criterion(z, lens, sups).curvature()
+            def curv(z: Tensor, lens=lens, sups=sups) -> OutputCurvature:
+                return self.criterion(z, lens, sups).curvature()
 
-        return self._gauss_newton(fn, curv, normalizer, x, lens)
+            parts.append(self._gauss_newton(fn, curv, normalizer, x, lens))
+        return parts[0] if len(parts) == 1 else SumGaussNewton(parts)
 
     def _shard_curvature(self, idx: list[int]) -> ShardGaussNewton:
         """This rank's part of the global curvature sample ``idx``, normalised by its global frame count."""
@@ -262,7 +263,8 @@ class UtteranceObjective:
         if role == "curvature":
             if self._curv is None:
                 raise RuntimeError("curvature() must be called before loss('curvature')")
-            return self._mean(self.utts, [self._curv])
+            return self._mean(self.utts, [[self._curv[j] for j in b] for b in
+                                          make_batches([self.utts[i] for i in self._curv], self.max_frames)])
         if role == "heldout":
             if self.heldout is None:
                 raise ValueError("this HF configuration uses held-out data but the objective has none")
