@@ -67,6 +67,9 @@ class HFConfig:
     rho_data: Literal["curvature", "gradient", "heldout"] = "curvature"
     backtrack_data: Literal["gradient", "heldout"] = "gradient"
     linesearch_data: Literal["gradient", "heldout"] = "gradient"
+    # with held-out line search: also evaluate the gradient data's loss after the step (one more
+    # pass over it, for the log and history only); off: ``HFStats.loss_after`` is None
+    train_loss_after: bool = True
     seed: int = 0  # seeds the generator handed to the objective (curvature sampling, preconditioner)
     # Reuse across successive data subsets (Dognin & Goel 2013 / US9483728B2); the objective
     # tells which subset its gradient came from through its ``subset`` attribute.
@@ -99,7 +102,7 @@ class HFStats:
 
     update: int
     loss_before: float
-    loss_after: float
+    loss_after: float | None  # None: not evaluated (HFConfig.train_loss_after off)
     rho: float
     damping_before: float
     damping_after: float
@@ -120,7 +123,8 @@ class HFStats:
     def line(self) -> str:
         ho = "" if self.heldout_after is None else f" heldout {self.heldout_before:.6g}->{self.heldout_after:.6g}"
         return (
-            f"hf-update {self.update} loss {self.loss_before:.6g}->{self.loss_after:.6g}{ho} rho {self.rho:.4g} "
+            f"hf-update {self.update} loss {self.loss_before:.6g}->{'-' if self.loss_after is None else f'{self.loss_after:.6g}'}"
+            f"{ho} rho {self.rho:.4g} "
             f"lambda {self.damping_before:.4g}->{self.damping_after:.4g} cg {self.cg_iters} ({self.cg_stop}) "
             f"chosen {self.chosen_iter} alpha {self.alpha:.4g} gTp {self.g_dot_p:.4g} "
             f"{'accepted' if self.accepted else 'rejected'} Gv {self.products} time {self.seconds:.2f}s"
@@ -209,7 +213,7 @@ class HessianFree(torch.optim.Optimizer):
         worse = (not stats.accepted) or (stats.heldout_after is not None and stats.heldout_before is not None
                                          and stats.heldout_after > stats.heldout_before)
         if stats.heldout_after is None and stats.accepted:
-            worse = stats.loss_after > stats.loss_before
+            worse = stats.loss_after is not None and stats.loss_after > stats.loss_before
         w = self.fresh_weight * (self.config.dsag_boost if worse else self.config.dsag_drop)
         self.fresh_weight = min(1.0, max(w, 1.0 / S))
 
@@ -328,7 +332,8 @@ class HessianFree(torch.optim.Optimizer):
 
         new_lam = levenberg_marquardt(lam, rho if accepted else -math.inf, cfg)
         if accepted:
-            loss_after = fa if ls_role == "gradient" else self._loss_at(theta, alpha * p, "gradient", objective, counts)
+            loss_after = fa if ls_role == "gradient" else (
+                self._loss_at(theta, alpha * p, "gradient", objective, counts) if cfg.train_loss_after else None)
             heldout_after = fa if ls_role == "heldout" else (
                 self._loss_at(theta, alpha * p, "heldout", objective, counts) if needs_heldout else None)
         else:

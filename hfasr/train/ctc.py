@@ -457,7 +457,7 @@ class CtcTrainer:
             self.wall += time.perf_counter() - t0
             self.position["update"] += 1
             self.log_line(st.line())
-            if not math.isfinite(st.loss_after):
+            if st.loss_after is not None and not math.isfinite(st.loss_after):
                 raise TrainingError(f"non-finite CTC loss after HF update {self.position['update']}")
             self.report(train_obj=st.loss_after, heldout_obj=st.heldout_after, damping=st.damping_after,
                         cg_iters=st.cg_iters)
