@@ -209,7 +209,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=65536, help="frame objective: training frames")
     ap.add_argument("--frame-curv-fraction", type=float, default=0.25)
     ap.add_argument("--pdfs", type=int, default=500, help="outputs (random lattices and the frame DNN)")
-    ap.add_argument("--utts", type=int, default=96, help="sequence objective: utterances (0 with --lat-dir: all)")
+    ap.add_argument("--utts", type=int, default=192, help="sequence objective: utterances (0 with --lat-dir: all)")
     ap.add_argument("--width", type=int, default=6, help="random lattices: max states per frame")
     ap.add_argument("--seq-curv-fraction", type=float, default=0.25)
     ap.add_argument("--max-frames", type=int, default=1000,
