@@ -18,7 +18,7 @@ from hfasr.data.features import FeatureConfig, compute_features
 from hfasr.decode.ctc import collapse
 from hfasr.errors import ConfigError, DataError, HfasrError
 from hfasr.lang.prepare import LangConfig, prepare_lang
-from hfasr.train.ctc import CtcTrainConfig, make_batches, run_ctc_training
+from hfasr.train.ctc import CtcTrainConfig, make_batches, run_ctc_training, token_prior
 
 TASK = "yesno"
 TINY = {"model": "blstm", "num_threads": 1, "max_frames": 1300,
@@ -185,3 +185,26 @@ def test_make_batches_bounds_padded_frames():
     assert all(len(g) == 1 or len(g) * max(lens[i] for i in g) <= 12 for g in groups)
     assert groups[0] == [1]  # longest first; one utterance even if it alone exceeds the limit
     assert make_batches([20], 12) == [[0]]
+
+
+def test_token_prior_counts_one_frame_per_token():
+    p = token_prior([torch.tensor([1, 2, 2]), torch.tensor([1])], num_frames=20, num_tokens=4, floor=1e-3)
+    # 2 x token 1, 2 x token 2, token 3 unseen (floor), blank the other 16 frames
+    want = torch.tensor([16 / 20, 2 / 20, 2 / 20, 1e-3])
+    assert torch.allclose(p, want / want.sum(), atol=1e-6)
+
+
+def test_output_bias_prior_starts_below_uniform_outputs(tiny, tmp_path):
+    """The prior output bias puts the initial model past the all-blank stage: lower initial dev
+    CTC loss than the uniform-output (zero bias) start, and the bias is the log token prior."""
+    init = {}
+    for bias in ("prior", "zero"):
+        tr = run_ctc_training(cfg_of(optimizer="adam", output_bias=bias, adam={"epochs": 1, "reports_per_epoch": 1}),
+                              tiny, TASK, tmp_path / bias, lang_dir=tiny / "lang", progress=False)
+        init[bias] = tr.history[0]["dev_obj"]
+        if bias == "prior":
+            y = tr.model.output.bias.detach()
+        assert (tmp_path / bias / "final.pt").is_file()
+    assert init["prior"] < init["zero"]
+    q = torch.softmax(y, 0)
+    assert int(q.argmax()) == 0 and q[0] > 0.5  # blank most frequent

@@ -116,6 +116,11 @@ class CtcTrainConfig:
     units: Literal["phone", "char"] = "phone"  # phones of the lexicon, or characters
     word_boundary: bool = True  # char units: a <space> token between words
     normalize: Literal["utterance", "frame"] = "frame"  # loss (and G) per utterance or per output frame
+    # output-layer bias at initialisation: "prior" = log of the token frequencies per output frame
+    # of the training data (each target token one frame, blank the rest; :func:`token_prior`), so
+    # training starts where the all-blank stage would otherwise first have to be learned; "zero":
+    # the layer's default (uniform outputs)
+    output_bias: Literal["prior", "zero"] = "prior"
     max_frames: int = 20000  # padded input frames per forward/backward batch
     train_split: str = "train"
     dev_split: str = "dev"
@@ -139,6 +144,8 @@ class CtcTrainConfig:
                self.max_frames) < 1:
             raise ValueError("hf.updates, hf.num_subsets, adam.epochs, adam.reports_per_epoch and max_frames "
                              "must be >= 1")
+        if self.output_bias not in ("prior", "zero"):
+            raise ValueError(f"output_bias must be 'prior' or 'zero', got {self.output_bias!r}")
         if not self.adam.lr > 0:
             raise ValueError(f"adam.lr must be > 0, got {self.adam.lr}")
         if len(self.adam.betas) != 2:
@@ -239,6 +246,23 @@ def make_token_table(cfg: CtcTrainConfig, train_texts: list[str], task: str, lan
     return TokenTable.from_lexicon(lex), lex.prons
 
 
+def token_prior(targets: list[Tensor], num_frames: int, num_tokens: int, floor: float = 1e-3) -> Tensor:
+    """Token frequencies per output frame: each target token counts one frame, the blank (id 0)
+    takes the remaining frames; every probability at least ``floor`` (then renormalised).
+
+    ``log`` of it is the output bias of a model whose logits do not depend on the input yet: the
+    constant softmax that fits CTC's frame-level soft targets after the blank stage (most frames
+    blank, every token on about one frame), i.e. the point a randomly initialised CTC model
+    spends its first updates reaching (Graves' "blank stage").
+    """
+    counts = torch.zeros(num_tokens, dtype=torch.float64)
+    for y in targets:
+        counts += torch.bincount(y, minlength=num_tokens).double()
+    counts[0] = max(float(num_frames) - float(counts[1:].sum()), 0.0)
+    p = (counts / counts.sum().clamp_min(1.0)).clamp_min(floor)
+    return (p / p.sum()).float()
+
+
 def make_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
     """Utterance indices grouped by length (longest first), each group padded to at most
     ``max_frames`` frames (always at least one utterance)."""
@@ -284,6 +308,10 @@ class CtcTrainer:
         self.model.to(self.device)
         self.train = self._feasible(train, cfg.train_split)
         self.dev = self._feasible(dev, cfg.dev_split)
+        if cfg.output_bias == "prior":
+            olens = self.model.output_lengths(torch.tensor([int(x.shape[0]) for x in self.train.feats]))
+            with torch.no_grad():
+                self.model.output.bias.copy_(token_prior(self.train.targets, int(olens.sum()), len(table)).log())
         self.history: list[dict[str, Any]] = []
         self.wall = 0.0
         self.position: dict[str, int] = {"update": 0, "epoch": 0, "batch": 0}
