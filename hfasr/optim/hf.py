@@ -62,6 +62,12 @@ class HFConfig:
     preconditioner: Literal["none", "martens", "chapelle-erhan"] = "martens"
     precond_power: float = 0.75  # M = (diag + λ + η)^power
     precond_samples: int = 1  # Chapelle-Erhan: random backward passes per update
+    # damping matrix: "identity" (Martens 2010: λI) or "diag" (Marquardt's scaling: λD with D the
+    # curvature-diagonal estimate of the preconditioner, normalised to mean 1, plus damping_floor).
+    # "diag" damps every parameter relative to its own curvature scale, for models whose diagonal
+    # spans orders of magnitude (LSTM weights vs the output layer); see docs/hf-training.md.
+    damping_matrix: Literal["identity", "diag"] = "identity"
+    damping_floor: float = 1e-2
     l2: float = 0.0  # η: L2 weight cost added to the objective (and to the curvature)
     structural_damping: float = 0.0  # μ (RNNs): adds λμ J_aᵀ D J_a to the curvature
     rho_data: Literal["curvature", "gradient", "heldout"] = "curvature"
@@ -257,14 +263,24 @@ class HessianFree(torch.optim.Optimizer):
         products = 0
         mu = cfg.structural_damping
 
+        diag = self._curvature_diag(gn, g2) if (cfg.preconditioner != "none" or cfg.damping_matrix == "diag") else None
+        if cfg.preconditioner == "chapelle-erhan":
+            products += cfg.precond_samples
+        D: Tensor | None = None  # None: λI
+        if cfg.damping_matrix == "diag":
+            assert diag is not None
+            D = diag / diag.mean().clamp_min(torch.finfo(diag.dtype).tiny) + cfg.damping_floor
+        elif cfg.damping_matrix != "identity":
+            raise ValueError(f"unknown damping_matrix {cfg.damping_matrix!r}")
+
         def A(v: Tensor) -> Tensor:
             nonlocal products
             products += 1
-            return gn(v, lam * mu) + (lam + eta) * v
+            return gn(v, lam * mu) + ((lam + eta) * v if D is None else (lam * D + eta) * v)
 
-        precond = self._preconditioner(gn, g2, lam, eta)
-        if cfg.preconditioner == "chapelle-erhan":
-            products += cfg.precond_samples
+        precond = None
+        if diag is not None and cfg.preconditioner != "none":
+            precond = (diag + lam + eta if D is None else diag + lam * D + eta).pow(cfg.precond_power)
         x0 = None if self.prev_direction is None or not cfg.reuse_warm_start else cfg.warm_start * self.prev_direction
         cg = pcg(A, -g, x0=x0, precond=precond, max_iters=cfg.cg_max_iters, min_iters=cfg.cg_min_iters, tol=cfg.cg_tol)
         finite = torch.isfinite(cg.x).all() and cg.stop != "non_finite"
@@ -361,25 +377,22 @@ class HessianFree(torch.optim.Optimizer):
         log.info(stats.line())
         return stats
 
-    def _preconditioner(self, gn: GaussNewton, g2: Tensor | None, lam: float, eta: float) -> Tensor | None:
+    def _curvature_diag(self, gn: GaussNewton, g2: Tensor | None) -> Tensor:
+        """Estimate of diag(G): Martens' summed squared per-batch gradients, or Chapelle & Erhan's
+        squared Jᵀs samples (E[ssᵀ] = H_z). Used by the preconditioner and the "diag" damping."""
         cfg = self.config
-        if cfg.preconditioner == "none":
-            return None
-        if cfg.preconditioner == "martens":
-            if g2 is None:
-                raise ValueError("preconditioner 'martens' needs per-example squared gradients from the objective")
-            diag = g2
-        elif cfg.preconditioner == "chapelle-erhan":
+        if cfg.preconditioner == "chapelle-erhan":
             acc = None
             for _ in range(cfg.precond_samples):
                 s = gn.sample_gradient(self.generator)
                 acc = s * s if acc is None else acc + s * s
-            diag = acc / (cfg.precond_samples * gn.normalizer)
-        else:
+            return acc / (cfg.precond_samples * gn.normalizer)
+        if cfg.preconditioner not in ("martens", "none"):
             raise ValueError(f"unknown preconditioner {cfg.preconditioner!r}")
-        return (diag + lam + eta).pow(cfg.precond_power)
+        if g2 is None:
+            raise ValueError("preconditioner 'martens' / damping_matrix 'diag' need per-example squared gradients from the objective")
+        return g2
 
-    # ----------------------------------------------------------------------- state
     def state_dict(self) -> dict:  # type: ignore[override]
         return {
             "config": asdict(self.config),
