@@ -151,3 +151,29 @@ def test_train_cli_sequence_needs_init_and_lattices(tmp_path):
                          str(tmp_path / "o"), "--criterion", "mmi"])
     with pytest.raises(HfasrError, match="--init"):
         train.run(args)
+
+
+@pytest.mark.parametrize("arch", ["blstm", "mdlstm"])
+def test_recurrent_hybrid_models_take_the_sequence_hf_path(tmp_path, arch):
+    """A BLSTM / MDLSTM with a pdf softmax output (no time subsampling) is sequence-trained by
+    the same HF code as the DNN: the criteria and the optimizer see only logits, and G v uses the
+    model's hand-written J v (ModelGaussNewton)."""
+    from hfasr.optim import ModelGaussNewton, SumGaussNewton
+
+    torch.manual_seed(0)
+    model = build_model({"arch": "blstm", "input_dim": F, "num_outputs": K, "hidden_size": 6, "num_layers": 1}
+                        if arch == "blstm" else
+                        {"arch": "mdlstm", "input_dim": F, "num_outputs": K, "hidden_sizes": [2, 3], "ff_sizes": [4]})
+    assert model(torch.randn(2, 7, F), torch.tensor([7, 5])).shape == (2, 7, K)  # one output per frame
+    cfg = from_dict(SeqTrainConfig, {"criterion": "smbr", "optimizer": "hf", "dev_wer": False,
+                                     "sequence": {"acoustic_scale": 0.5, "one_silence_class": False},
+                                     "hf": {"updates": 2, "heldout_fraction": 0.25, "curvature_fraction": 0.5,
+                                            "curvature_min_utts": 2, "optimizer": {"cg_max_iters": 10}}})
+    meta = {"tid2phone": torch.arange(K + 3), "silence_phones": []}
+    t = SequenceTrainer(cfg, model, torch.full((K,), -1.6), meta, _data(12, 1), _data(4, 2), tmp_path, progress=False)
+    gn = t.objective.curvature(torch.Generator().manual_seed(0))
+    parts = gn.parts if isinstance(gn, SumGaussNewton) else [gn]
+    assert all(isinstance(p, ModelGaussNewton) for p in parts)
+    t.fit()
+    hist = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 3 and hist[-1]["dev_obj"] < hist[0]["dev_obj"]
