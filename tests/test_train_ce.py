@@ -381,3 +381,36 @@ def test_hessian_free_runs_on_the_dnn(corpus):
     for _ in range(3):
         stats = opt.step(obj)
     assert stats.loss_after < 0.85 * initial
+
+
+@pytest.mark.parametrize("arch", ["blstm", "mdlstm"])
+def test_recurrent_hybrid_ce_training(corpus, tmp_path, arch):
+    """BLSTM / MDLSTM with a pdf softmax train on shuffled whole utterances (one output per
+    alignment frame), report dev CE / accuracy, resume exactly, and give decoder log-likelihoods."""
+    from hfasr.models import compute_loglikes
+
+    root, _ = corpus
+    small = {"blstm": {"hidden_size": 8, "num_layers": 1}, "mdlstm": {"hidden_sizes": [2, 4], "ff_sizes": [6],
+                                                                     "freq_patches": [2]}}[arch]
+    kw = dict(model=arch, optimizer="adam", lr=0.02, lr_schedule="constant", utt_batch_frames=200, **{arch: small})
+    ref = run_training(config(epochs=3, **kw), root, TASK, root / "gmm", tmp_path / "a", progress=False)
+    losses = [h["dev_loss"] for h in ref.history]
+    assert losses[-1] < losses[0] and ref.final_metrics()["dev_acc"] > 0.5, ref.history
+    run_training(config(epochs=2, **kw), root, TASK, root / "gmm", tmp_path / "b", progress=False)
+    res = run_training(config(epochs=3, **kw), root, TASK, root / "gmm", tmp_path / "b", resume=True, progress=False)
+    a, b = params_of(ref.model), params_of(res.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model = load_model(tmp_path / "a" / "final.pt")
+    dev = FrameData.load(root, TASK, "dev", root / "gmm")
+    x, _ = dev.utterance(0)
+    ll = compute_loglikes(model, x, torch.zeros(NUM_PDFS))
+    assert ll.shape == (x.shape[0], NUM_PDFS)
+
+
+def test_recurrent_hybrid_ce_config_errors(corpus, tmp_path):
+    root, _ = corpus
+    with pytest.raises((ConfigError, ValueError), match="subsample must be 1"):
+        config(model="blstm", blstm={"subsample": 3})
+    with pytest.raises(ConfigError, match="frame-level model"):
+        run_training(config(model="blstm", optimizer="hf", blstm={"hidden_size": 4, "num_layers": 1}),
+                     root, TASK, root / "gmm", tmp_path / "hf", progress=False)

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph-dir", type=Path, help="sequence training: HCLG dir for the dev WER reports")
     p.add_argument("--model-dir", type=Path, help="sequence training: GMM dir (final.mdl) for the dev WER reports")
     p.add_argument("--updates", type=int, help="sequence / CTC training with hf: number of HF updates")
-    p.add_argument("--model", choices=("blstm", "mdlstm", "dnn"), help="CTC: architecture (config: model)")
+    p.add_argument("--model", choices=("blstm", "mdlstm", "dnn"), help="architecture (config: model); CE (hybrid): dnn on spliced frames, blstm / mdlstm on whole utterances")
     p.add_argument("--lang", type=Path, help="CTC with phone units: lang dir whose lexicon.txt gives the phones")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
         return run_sequence(args)
     from hfasr.train import TrainConfig, run_training
 
-    overrides = {"criterion": args.criterion, "optimizer": args.optimizer, "epochs": args.epochs,
+    overrides = {"criterion": args.criterion, "optimizer": args.optimizer, "model": args.model, "epochs": args.epochs,
                  "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
                  "num_threads": args.num_threads, "device": args.device}
     cfg = load_config(TrainConfig, args.config, overrides)

@@ -41,9 +41,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class BLSTMConfig:
+    """Hyper-parameters of :class:`BLSTM` (the ``blstm:`` section of the CE and CTC training configs)."""
+
+    hidden_size: int = 64  # units per direction
+    num_layers: int = 2
+    subsample: int = 1  # stack this many frames into one (output frame rate / subsample)
+    forget_bias: float = 1.0
 
 
 def frame_mask(lengths: Tensor, T: int) -> Tensor:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -55,6 +56,18 @@ from hfasr.models.blstm import frame_mask, reverse_index, reverse_padded, split_
 
 #: (time reversed, frequency reversed) of the four scan directions.
 DIRECTIONS: tuple[tuple[bool, bool], ...] = ((False, False), (False, True), (True, False), (True, True))
+
+
+@dataclass
+class MDLSTMConfig:
+    """Hyper-parameters of :class:`MDLSTM` (the ``mdlstm:`` section of the CE and CTC training configs)."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [8, 16])  # per MDLSTM level
+    ff_sizes: list[int] = field(default_factory=lambda: [16])  # tanh layers between levels
+    freq_patches: list[int] = field(default_factory=lambda: [4])  # frequency collapse between levels
+    input_patch: int = 1  # frequency bins per input cell
+    combine: Literal["concat", "sum"] = "concat"  # the four directions' outputs
+    forget_bias: float = 1.0
 
 
 def _uniform(shape: Sequence[int], bound: float) -> nn.Parameter:

@@ -43,35 +43,15 @@ from torch import Tensor, nn
 
 from hfasr.criteria.ctc import SPACE, CtcObjective, TokenTable, collate, ctc_loss
 from hfasr.errors import ConfigError, DataError, HfasrError
+from hfasr.models.blstm import BLSTMConfig as BLSTMSection
 from hfasr.models.dnn import DNNConfig
+from hfasr.models.mdlstm import MDLSTMConfig as MDLSTMSection
 from hfasr.optim import HessianFree, HFConfig
 from hfasr.train.trainer import TrainingError
 
 log = logging.getLogger(__name__)
 
 MODELS = ("blstm", "mdlstm", "dnn")
-
-@dataclass
-class BLSTMSection:
-    """``blstm:`` section (:class:`hfasr.models.blstm.BLSTM`)."""
-
-    hidden_size: int = 64  # units per direction
-    num_layers: int = 2
-    subsample: int = 1  # stack this many frames into one (output frame rate / subsample)
-    forget_bias: float = 1.0
-
-
-@dataclass
-class MDLSTMSection:
-    """``mdlstm:`` section (:class:`hfasr.models.mdlstm.MDLSTM`)."""
-
-    hidden_sizes: list[int] = field(default_factory=lambda: [8, 16])  # per MDLSTM level
-    ff_sizes: list[int] = field(default_factory=lambda: [16])  # tanh layers between levels
-    freq_patches: list[int] = field(default_factory=lambda: [4])  # frequency collapse between levels
-    input_patch: int = 1  # frequency bins per input cell
-    combine: Literal["concat", "sum"] = "concat"  # the four directions' outputs
-    forget_bias: float = 1.0
-
 
 @dataclass
 class CtcHFConfig:

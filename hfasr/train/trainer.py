@@ -29,7 +29,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -41,6 +41,8 @@ from tqdm import tqdm
 from hfasr.data.frames import FrameData, FrameDataConfig
 from hfasr.errors import ConfigError, HfasrError
 from hfasr.models import DNNConfig, atomic_save, build_model, load_checkpoint
+from hfasr.models.blstm import BLSTMConfig
+from hfasr.models.mdlstm import MDLSTMConfig
 from hfasr.train.ce import FrameCE, evaluate_frames
 from hfasr.train.hf_driver import HFTrainConfig
 from hfasr.train.schedule import NewBobConfig, make_schedule
@@ -99,8 +101,10 @@ def register_criterion(name: str, factory: Callable[[Any], Any]) -> None:
     CRITERIA[name] = factory
 
 
-# Architectures trainable here; each has a TrainConfig section of the same name.
-MODEL_SECTIONS = ("dnn",)
+# Architectures trainable here; each has a TrainConfig section of the same name. The DNN trains on
+# shuffled spliced frames; the recurrent models (hybrid BLSTM / MDLSTM with a pdf softmax) on
+# shuffled whole utterances, one output per alignment frame.
+MODEL_SECTIONS = ("dnn", "blstm", "mdlstm")
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -113,11 +117,14 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd (with momentum) | adam | hf (Hessian-free, section hf:)
     model: str = "dnn"  # architecture; its hyper-parameters are the section of the same name
     dnn: DNNConfig = field(default_factory=DNNConfig)  # DNN hyper-parameters
+    blstm: BLSTMConfig = field(default_factory=BLSTMConfig)  # --model blstm (subsample must be 1)
+    mdlstm: MDLSTMConfig = field(default_factory=MDLSTMConfig)  # --model mdlstm
     data: FrameDataConfig = field(default_factory=FrameDataConfig)  # alignment/feature matching
     train_split: str = "train"  # features <task>_feats_<split>, alignment ali_<split>.pt
     dev_split: str = "dev"  # reported every epoch; drives the newbob schedule
     epochs: int = 20  # maximum number of epochs (newbob may stop earlier)
     batch_size: int = 256  # frames per minibatch (shuffled across utterances)
+    utt_batch_frames: int = 4000  # blstm / mdlstm: padded frames per minibatch of whole utterances
     lr: float | None = None  # learning rate; null: the optimizer's default (sgd 0.1, adam 0.001)
     lr_schedule: Literal["newbob", "cosine", "constant"] = "newbob"
     min_lr: float = 0.0  # cosine: learning rate reached after the last epoch
@@ -140,7 +147,10 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer '{self.optimizer}' (known: {', '.join(sorted(OPTIMIZERS))})")
         if self.model not in MODEL_SECTIONS:
             raise ValueError(f"unknown model '{self.model}' (known: {', '.join(MODEL_SECTIONS)})")
-        for name in ("epochs", "batch_size"):
+        if self.model == "blstm" and self.blstm.subsample != 1:
+            raise ValueError(f"blstm.subsample must be 1 for frame-level (hybrid) training: one output per "
+                             f"alignment frame (got {self.blstm.subsample})")
+        for name in ("epochs", "batch_size", "utt_batch_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
@@ -173,15 +183,79 @@ def frame_function(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return model.frames()
 
 
+def is_frame_model(model: nn.Module) -> bool:
+    """True for models on spliced frames (DNN), False for sequence models (BLSTM, MDLSTM)."""
+    return hasattr(model, "frames") and hasattr(model, "context")
+
+
+def utterance_batches(lengths: Tensor, order: Tensor, max_frames: int) -> list[list[int]]:
+    """Utterances in ``order`` grouped into minibatches of at most ``max_frames`` padded frames
+    (an utterance longer than that is a batch of its own)."""
+    batches, cur, cur_max = [], [], 0
+    for u in order.tolist():
+        T = int(lengths[u])
+        if cur and max(cur_max, T) * (len(cur) + 1) > max_frames:
+            batches.append(cur)
+            cur, cur_max = [], 0
+        cur.append(u)
+        cur_max = max(cur_max, T)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def utterance_logits(model: nn.Module, data: FrameData, idx: Sequence[int], device: torch.device
+                     ) -> tuple[Tensor, Tensor]:
+    """Logits (N, K) and targets (N,) of the valid frames of utterances ``idx`` (one padded batch)."""
+    utts = [data.utterance(u) for u in idx]
+    lens = torch.tensor([x.shape[0] for x, _ in utts], dtype=torch.long)
+    x = torch.zeros(len(utts), int(lens.max()), data.feat_dim)
+    for i, (f, _) in enumerate(utts):
+        x[i, : f.shape[0]] = f
+    z = model(x.to(device), lens)
+    if z.shape[1] != x.shape[1]:
+        raise ConfigError(f"frame-level training needs one output per frame; {type(model).__name__} gives "
+                          f"{z.shape[1]} for {x.shape[1]} input frames (time subsampling?)")
+    mask = torch.arange(z.shape[1])[None, :] < lens[:, None]
+    return z[mask.to(z.device)], torch.cat([y for _, y in utts]).to(device)
+
+
+@torch.no_grad()
+def evaluate_utterances(model: nn.Module, data: FrameData, max_frames: int, device: torch.device
+                        ) -> tuple[float, float]:
+    """Frame CE (nats per frame) and accuracy of a sequence model on whole utterances."""
+    total, correct, count = 0.0, 0, 0
+    order = torch.argsort(data.lengths, descending=True, stable=True)
+    for idx in utterance_batches(data.lengths, order, max_frames):
+        z, y = utterance_logits(model, data, idx, device)
+        total += float(torch.nn.functional.cross_entropy(z.float(), y, reduction="sum"))
+        correct += int((z.argmax(-1) == y).sum())
+        count += int(y.numel())
+    return total / max(count, 1), correct / max(count, 1)
+
+
 class TorchOptimizer:
-    """A ``torch.optim`` optimizer on shuffled frame minibatches of ``cfg.batch_size`` frames;
-    the loss of a minibatch is the criterion's mean per frame."""
+    """A ``torch.optim`` optimizer on shuffled frame minibatches of ``cfg.batch_size`` frames
+    (DNN), or on shuffled minibatches of whole utterances of at most ``cfg.utt_batch_frames``
+    padded frames (BLSTM, MDLSTM); the loss of a minibatch is the criterion's mean per frame."""
 
     def __init__(self, ctx: TrainContext, optimizer: torch.optim.Optimizer) -> None:
         self.ctx = ctx
         self.opt = optimizer
-        self.frame_fn = frame_function(ctx.model)
+        self.frame_fn = frame_function(ctx.model) if is_frame_model(ctx.model) else None
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
+
+    def _minibatches(self):
+        """(iterator of (logits, targets) computed lazily, number of minibatches) for one epoch."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        if self.frame_fn is not None:
+            batches = ctx.train.frame_batches(cfg.batch_size, ctx.model.context, ctx.generator)
+            total = ctx.train.num_batches(cfg.batch_size)
+            return ((self.frame_fn(rows.to(ctx.device)), y) for rows, y in batches), total
+        order = torch.randperm(len(ctx.train), generator=ctx.generator)
+        groups = utterance_batches(ctx.train.lengths, order, cfg.utt_batch_frames)
+
+        return (utterance_logits(ctx.model, ctx.train, idx, ctx.device) for idx in groups), len(groups)
 
     def train_epoch(self, epoch: int, lr: float) -> dict[str, float]:
         ctx, cfg = self.ctx, self.ctx.cfg
@@ -189,12 +263,10 @@ class TorchOptimizer:
             g["lr"] = lr
         ctx.model.train()
         total, correct, count = 0.0, 0, 0
-        batches = ctx.train.frame_batches(cfg.batch_size, ctx.model.context, ctx.generator)
-        bar = tqdm(batches, total=ctx.train.num_batches(cfg.batch_size), desc=f"epoch {epoch}",
-                   unit="batch", leave=False, disable=not ctx.progress)
-        for i, (rows, y) in enumerate(bar):
-            rows, y = rows.to(ctx.device), y.to(ctx.device)
-            z = self.frame_fn(rows)
+        batches, num = self._minibatches()
+        bar = tqdm(batches, total=num, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.progress)
+        for i, (z, y) in enumerate(bar):
+            y = y.to(ctx.device)
             loss_sum, n = ctx.criterion.loss(z, y)
             loss = loss_sum / max(n, 1)
             if not torch.isfinite(loss):
@@ -234,6 +306,10 @@ def _adam(ctx: TrainContext) -> TorchOptimizer:
 
 def _hf(ctx: TrainContext):
     from hfasr.train.hf_driver import HFFrameOptimizer
+
+    if not is_frame_model(ctx.model):
+        raise ConfigError(f"--optimizer hf for CE training needs a frame-level model (dnn), not '{ctx.cfg.model}'; "
+                          "train the recurrent model with adam or sgd, then sequence-train it with HF")
 
     return HFFrameOptimizer(ctx)
 
@@ -282,7 +358,7 @@ class Trainer:
                                                     self.device, progress))
         lr = cfg.lr if cfg.lr is not None else entry.default_lr
         self.schedule = make_schedule(cfg.lr_schedule, lr, cfg.epochs, cfg.min_lr, cfg.newbob)
-        self.frame_fn = frame_function(self.model)
+        self.frame_fn = frame_function(self.model) if is_frame_model(self.model) else None
         self.epoch = 0
         self.finished = False
         self.history: list[dict[str, Any]] = []
@@ -333,7 +409,10 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         try:
-            loss, acc = evaluate_frames(self.frame_fn, self.dev_data, self.model.context, device=self.device)
+            if self.frame_fn is not None:
+                loss, acc = evaluate_frames(self.frame_fn, self.dev_data, self.model.context, device=self.device)
+            else:
+                loss, acc = evaluate_utterances(self.model, self.dev_data, self.cfg.utt_batch_frames, self.device)
         finally:
             self.model.train(was)
         if not math.isfinite(loss):
