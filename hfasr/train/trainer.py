@@ -46,6 +46,7 @@ from hfasr.models.mdlstm import MDLSTMConfig
 from hfasr.train.ce import FrameCE, evaluate_frames
 from hfasr.train.hf_driver import HFTrainConfig
 from hfasr.train.schedule import NewBobConfig, make_schedule
+from hfasr.train.utterance_objective import batch_by_frames
 
 log = logging.getLogger(__name__)
 
@@ -188,22 +189,6 @@ def is_frame_model(model: nn.Module) -> bool:
     return hasattr(model, "frames") and hasattr(model, "context")
 
 
-def utterance_batches(lengths: Tensor, order: Tensor, max_frames: int) -> list[list[int]]:
-    """Utterances in ``order`` grouped into minibatches of at most ``max_frames`` padded frames
-    (an utterance longer than that is a batch of its own)."""
-    batches, cur, cur_max = [], [], 0
-    for u in order.tolist():
-        T = int(lengths[u])
-        if cur and max(cur_max, T) * (len(cur) + 1) > max_frames:
-            batches.append(cur)
-            cur, cur_max = [], 0
-        cur.append(u)
-        cur_max = max(cur_max, T)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 def utterance_logits(model: nn.Module, data: FrameData, idx: Sequence[int], device: torch.device
                      ) -> tuple[Tensor, Tensor]:
     """Logits (N, K) and targets (N,) of the valid frames of utterances ``idx`` (one padded batch)."""
@@ -226,7 +211,7 @@ def evaluate_utterances(model: nn.Module, data: FrameData, max_frames: int, devi
     """Frame CE (nats per frame) and accuracy of a sequence model on whole utterances."""
     total, correct, count = 0.0, 0, 0
     order = torch.argsort(data.lengths, descending=True, stable=True)
-    for idx in utterance_batches(data.lengths, order, max_frames):
+    for idx in batch_by_frames(data.lengths.tolist(), order.tolist(), max_frames):
         z, y = utterance_logits(model, data, idx, device)
         total += float(torch.nn.functional.cross_entropy(z.float(), y, reduction="sum"))
         correct += int((z.argmax(-1) == y).sum())
@@ -253,7 +238,7 @@ class TorchOptimizer:
             total = ctx.train.num_batches(cfg.batch_size)
             return ((self.frame_fn(rows.to(ctx.device)), y) for rows, y in batches), total
         order = torch.randperm(len(ctx.train), generator=ctx.generator)
-        groups = utterance_batches(ctx.train.lengths, order, cfg.utt_batch_frames)
+        groups = batch_by_frames(ctx.train.lengths.tolist(), order.tolist(), cfg.utt_batch_frames)
 
         return (utterance_logits(ctx.model, ctx.train, idx, ctx.device) for idx in groups), len(groups)
 

@@ -61,27 +61,36 @@ def pad_batch(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return x, lens
 
 
-def make_batches(utts: Sequence[tuple[Tensor, Any]], max_frames: int, max_padding: float | None = None
-                 ) -> list[list[int]]:
-    """Indices grouped into batches of at most ``max_frames`` padded frames, longest first.
+def batch_by_frames(lengths: Sequence[int], order: Sequence[int], max_frames: int,
+                    max_padding: float | None = None) -> list[list[int]]:
+    """Indices in ``order`` grouped into consecutive batches of at most ``max_frames`` padded
+    frames (a longer utterance is a batch of its own).
 
     ``max_padding``: also start a new batch once the padded frames would exceed
     ``(1 + max_padding)`` × the real frames (a frame-wise model spends its time on padding too).
     """
-    order = sorted(range(len(utts)), key=lambda i: (-utts[i][0].shape[0], i))
     batches, cur, cur_max, cur_sum = [], [], 0, 0
     for i in order:
-        T = utts[i][0].shape[0]
+        T = int(lengths[i])
         padded = max(cur_max, T) * (len(cur) + 1)
         if cur and (padded > max_frames or (max_padding is not None and padded > (1 + max_padding) * (cur_sum + T))):
             batches.append(cur)
             cur, cur_max, cur_sum = [], 0, 0
-        cur.append(i)
+        cur.append(int(i))
         cur_max = max(cur_max, T)
         cur_sum += T
     if cur:
         batches.append(cur)
     return batches
+
+
+def make_batches(utts: Sequence[tuple[Tensor, Any]], max_frames: int, max_padding: float | None = None
+                 ) -> list[list[int]]:
+    """Indices of ``utts`` (features first) in batches of at most ``max_frames`` padded frames,
+    longest first (:func:`batch_by_frames`)."""
+    lengths = [int(u[0].shape[0]) for u in utts]
+    order = sorted(range(len(utts)), key=lambda i: (-lengths[i], i))
+    return batch_by_frames(lengths, order, max_frames, max_padding)
 
 
 def shard_batches(batches: Sequence[list[int]], lengths: Sequence[int], rank: int, world: int) -> list[list[int]]:
@@ -219,9 +228,9 @@ class UtteranceObjective:
         similar lengths (at most 10% padding), summed, so that no product is spent on padding."""
         sub = [self.utts[i] for i in idx]
         parts = []
+        self.model.eval()
         for b in make_batches(sub, self.max_frames, max_padding=CURVATURE_MAX_PADDING):
             x, lens, sups = self._run(sub, b)
-            self.model.eval()
 
             def fn(params: tuple[Tensor, ...], x=x, lens=lens) -> Tensor:
                 return functional_call(self.model, dict(zip(self.names, params)), (x, lens))
