@@ -72,7 +72,7 @@ class SeqHFConfig:
     # reuse across subsets: optimizer.gradient_reuse (none | sag | dynamic), reuse_warm_start, reuse_damping
     optimizer: HFConfig = field(default_factory=lambda: HFConfig(
         damping=1e-2, cg_max_iters=50, rho_data="heldout", backtrack_data="heldout", linesearch_data="heldout",
-        train_loss_after=False))  # the held-out loss is reported; a pass over the gradient set would cost ~15% of an update
+        train_loss_after=False))  # the held-out loss is reported; this would add a pass over the gradient set per update
 
 
 @dataclass
