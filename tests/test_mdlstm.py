@@ -71,7 +71,14 @@ def naive_patch(x: Tensor, p: int) -> Tensor:
 
 def naive_mdlstm(model: MDLSTM, x: Tensor) -> Tensor:
     """One utterance (T, F) → logits (T, K)."""
-    h = naive_patch(((x - model.cmvn_mean) / model.cmvn_std).unsqueeze(-1), model.input_patch)
+    x = (x - model.cmvn_mean) / model.cmvn_std
+    s = model.time_patch
+    T, F = x.shape
+    T2 = -(-T // s)
+    cells = torch.zeros(T2, F, s)  # frame t*s+q of cell t is channel q
+    for t in range(T):
+        cells[t // s, :, t % s] = x[t]
+    h = naive_patch(cells, model.input_patch)
     for i, layer in enumerate(model.lstms):
         o = naive_mdlstm_layer(layer, h)
         h = o.sum(0) if model.combine == "sum" else torch.cat([o[0], o[1], o[2], o[3]], -1)
@@ -80,24 +87,27 @@ def naive_mdlstm(model: MDLSTM, x: Tensor) -> Tensor:
     return model.output(h.sum(1))
 
 
-def _tiny(combine="concat", input_patch=1, seed=0, **kw) -> MDLSTM:
+def _tiny(combine="concat", input_patch=1, seed=0, time_patch=1, **kw) -> MDLSTM:
     torch.manual_seed(seed)
     m = MDLSTM(5, 3, hidden_sizes=kw.get("hidden", (3, 2)), ff_sizes=kw.get("ff", (4,)), freq_patches=kw.get("patches", (2,)),
-               input_patch=input_patch, combine=combine)
+               input_patch=input_patch, combine=combine, time_patch=time_patch)
     m.set_cmvn(torch.randn(5) * 0.1, torch.rand(5) + 0.5)
     return m
 
 
-@pytest.mark.parametrize("combine,input_patch", [("concat", 1), ("sum", 2)])
-def test_vectorized_matches_naive(combine, input_patch):
-    m = _tiny(combine, input_patch)
-    x = torch.randn(3, 6, 5)
-    lens = torch.tensor([6, 4, 1])
+@pytest.mark.parametrize("combine,input_patch,time_patch", [("concat", 1, 1), ("sum", 2, 1), ("concat", 2, 3)])
+def test_vectorized_matches_naive(combine, input_patch, time_patch):
+    m = _tiny(combine, input_patch, time_patch=time_patch)
+    x = torch.randn(3, 7, 5)
+    lens = torch.tensor([7, 4, 1])
+    olens = m.output_lengths(lens)
+    assert olens.tolist() == [-(-n // time_patch) for n in (7, 4, 1)]
     with torch.no_grad():
         z = m(x, lens)
+        assert z.shape == (3, int(olens.max()), 3)
         for b in range(3):
             ref = naive_mdlstm(m, x[b, : lens[b]])
-            assert torch.allclose(z[b, : lens[b]], ref, atol=1e-10), (b, (z[b, : lens[b]] - ref).abs().max())
+            assert torch.allclose(z[b, : olens[b]], ref, atol=1e-10), (b, (z[b, : olens[b]] - ref).abs().max())
 
 
 def test_each_direction_matches_naive():
@@ -120,21 +130,23 @@ def test_each_direction_matches_naive():
     assert gates.shape == (4, 2, 5 + 4 - 1, 4, 10) and cells.shape == (4, 2, 8, 4, 2)
 
 
-def test_padding_does_not_leak():
-    m = _tiny()
+@pytest.mark.parametrize("time_patch", [1, 2])
+def test_padding_does_not_leak(time_patch):
+    m = _tiny(time_patch=time_patch)
     x = torch.randn(2, 7, 5)
-    lens = torch.tensor([7, 4])
+    lens = torch.tensor([7, 5])  # with time_patch 2 the last cell of utterance 1 holds frame 4 and padding
     x2 = x.clone()
-    x2[1, 4:] = 100.0  # garbage in the padding
+    x2[1, 5:] = 100.0  # garbage in the padding
+    n = int(m.output_lengths(lens)[1])
     with torch.no_grad():
-        assert torch.allclose(m(x, lens)[1, :4], m(x2, lens)[1, :4], atol=1e-12)
+        assert torch.allclose(m(x, lens)[1, :n], m(x2, lens)[1, :n], atol=1e-12)
 
 
-@pytest.mark.parametrize("combine,input_patch", [("concat", 1), ("sum", 2)])
-def test_hand_written_jvp_matches_autodiff(combine, input_patch):
+@pytest.mark.parametrize("combine,input_patch,time_patch", [("concat", 1, 1), ("sum", 2, 1), ("concat", 1, 2)])
+def test_hand_written_jvp_matches_autodiff(combine, input_patch, time_patch):
     from torch.func import jvp
 
-    m = _tiny(combine, input_patch, seed=3)
+    m = _tiny(combine, input_patch, seed=3, time_patch=time_patch)
     x = torch.randn(3, 6, 5)
     lens = torch.tensor([6, 4, 1])
     names = [n for n, _ in m.named_parameters()]

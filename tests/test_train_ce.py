@@ -411,6 +411,8 @@ def test_recurrent_hybrid_ce_config_errors(corpus, tmp_path):
     root, _ = corpus
     with pytest.raises((ConfigError, ValueError), match="subsample must be 1"):
         config(model="blstm", blstm={"subsample": 3})
+    with pytest.raises((ConfigError, ValueError), match="time_patch must be 1"):
+        config(model="mdlstm", mdlstm={"time_patch": 2})
     with pytest.raises(ConfigError, match="frame-level model"):
         run_training(config(model="blstm", optimizer="hf", blstm={"hidden_size": 4, "num_layers": 1}),
                      root, TASK, root / "gmm", tmp_path / "hf", progress=False)

@@ -1,13 +1,15 @@
 """``hfasr results EXP``: the WER table of an experiment directory (markdown).
 
 Collects every ``EXP/<model>/decode_<set>/wer.txt`` (Kaldi's ``%WER`` line and the bootstrap
-CI written by ``hfasr decode`` / ``hfasr score``) and the stage wall times the recipes record
-in ``EXP/marks/.<stage>.seconds``.
+CI written by ``hfasr decode`` / ``hfasr score``) and each model's training wall time: the last
+``wall_s`` of ``EXP/<model>/history.jsonl`` (training only, summed over resumed runs), else the
+stage wall time the recipes record in ``EXP/marks/.<stage>.seconds`` (marked "stage").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -33,6 +35,21 @@ def parse_wer(path: Path) -> dict:
             "ci": (float(ci.group(1)), float(ci.group(2))) if ci else None, "line": m.group(0)}
 
 
+def train_wall(exp: Path, model: str) -> str:
+    """The training wall time of ``exp/model`` for the table (see the module docstring)."""
+    hist = exp / model / "history.jsonl"
+    if hist.is_file():
+        lines = [ln for ln in hist.read_text().splitlines() if ln.strip()]
+        try:
+            wall = json.loads(lines[-1]).get("wall_s") if lines else None
+        except json.JSONDecodeError:
+            wall = None
+        if wall is not None:
+            return f"{float(wall):.0f} s"
+    secs = exp / "marks" / f".{_STAGE_OF.get(model, model)}.seconds"
+    return f"{float(secs.read_text()):.0f} s (stage)" if secs.is_file() else "-"
+
+
 def run(args: argparse.Namespace) -> None:
     from hfasr.errors import DataError
 
@@ -45,8 +62,7 @@ def run(args: argparse.Namespace) -> None:
         r = parse_wer(wer)
         if not r:
             continue
-        secs = args.exp / "marks" / f".{_STAGE_OF.get(model, model)}.seconds"
-        t = f"{float(secs.read_text()):.0f} s" if secs.is_file() else "-"
+        t = train_wall(args.exp, model)
         ci = f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" if r["ci"] else "-"
         rows.append(f"| {args.task} | {sset} | {model} | {r['wer']:.2f} | {ci} | {r['errors']}/{r['words']} | {t} |")
     print("| task | set | model | %WER | 95% CI | errors/words | train wall time |")

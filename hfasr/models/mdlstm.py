@@ -31,7 +31,10 @@ Hierarchy (Graves 2009; Cho et al. 2015)::
 
 Between MDLSTM layers a feed-forward tanh layer reads non-overlapping (1 × p) patches over
 frequency (frequency is zero-padded to a multiple of p), so frequency shrinks by p per level;
-time is never subsampled (logits have the input's frame rate). Directions are concatenated
+time is subsampled only at the input: with ``time_patch = s`` an input cell reads s consecutive
+frames × ``input_patch`` bins (T' = ⌈T / s⌉ output frames, :meth:`MDLSTM.output_lengths`; frames
+past a sequence's length are zeroed first), which makes the 2-D scan s times shorter, as the
+BLSTM's frame stacking does. Directions are concatenated
 (``combine="concat"``, 4H features per cell) or summed (H).
 
 Structural damping: ``forward(..., return_preacts=True)`` returns ``(logits, acts)`` with
@@ -66,6 +69,7 @@ class MDLSTMConfig:
     ff_sizes: list[int] = field(default_factory=lambda: [16])  # tanh layers between levels
     freq_patches: list[int] = field(default_factory=lambda: [4])  # frequency collapse between levels
     input_patch: int = 1  # frequency bins per input cell
+    time_patch: int = 1  # frames per input cell (output frame rate / time_patch)
     combine: Literal["concat", "sum"] = "concat"  # the four directions' outputs
     forget_bias: float = 1.0
 
@@ -230,20 +234,26 @@ class MDLSTM(nn.Module):
         freq_patches: frequency patch size read by each of those FF layers (L − 1).
         input_patch: frequency patch of the input image (the first layer sees ⌈F/p⌉ bins of p
             channels each).
+        time_patch: frames per input cell (T' = ⌈T / time_patch⌉ output frames); must be 1 for
+            hybrid (frame-level) training.
         combine: ``"concat"`` (4H features per cell) or ``"sum"`` (H) over the directions.
     """
 
     def __init__(self, input_dim: int, num_outputs: int, hidden_sizes: Sequence[int] = (8, 16),
                  ff_sizes: Sequence[int] = (16,), freq_patches: Sequence[int] = (4,), input_patch: int = 1,
-                 combine: Literal["concat", "sum"] = "concat", forget_bias: float = 1.0) -> None:
+                 combine: Literal["concat", "sum"] = "concat", forget_bias: float = 1.0,
+                 time_patch: int = 1) -> None:
         super().__init__()
         L = len(hidden_sizes)
         if L < 1 or len(ff_sizes) != L - 1 or len(freq_patches) != L - 1:
             raise ValueError("MDLSTM needs L >= 1 hidden sizes and L - 1 ff_sizes and freq_patches")
         if combine not in ("concat", "sum"):
             raise ValueError(f"combine must be 'concat' or 'sum', got {combine!r}")
+        if input_patch < 1 or time_patch < 1:
+            raise ValueError(f"input_patch and time_patch must be >= 1, got {input_patch}, {time_patch}")
         self.input_dim = input_dim
         self.input_patch = input_patch
+        self.time_patch = time_patch
         self.freq_patches = tuple(freq_patches)
         self.combine = combine
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
@@ -251,7 +261,7 @@ class MDLSTM(nn.Module):
         mult = 4 if combine == "concat" else 1
         self.lstms = nn.ModuleList()
         self.ffs = nn.ModuleList()
-        c = input_patch
+        c = input_patch * time_patch
         for i, H in enumerate(hidden_sizes):
             self.lstms.append(MDLSTMLayer(c, H, forget_bias))
             if i < L - 1:
@@ -261,7 +271,7 @@ class MDLSTM(nn.Module):
         self.model_config = {"arch": "mdlstm", "input_dim": input_dim, "num_outputs": num_outputs,
                              "hidden_sizes": list(hidden_sizes), "ff_sizes": list(ff_sizes),
                              "freq_patches": list(freq_patches), "input_patch": input_patch, "combine": combine,
-                             "forget_bias": forget_bias}
+                             "forget_bias": forget_bias, "time_patch": time_patch}
 
     @torch.no_grad()
     def set_cmvn(self, mean: Tensor, std: Tensor) -> None:
@@ -270,8 +280,23 @@ class MDLSTM(nn.Module):
         self.cmvn_std.copy_(std.clamp_min(1e-5))
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
-        """Output frames per sequence (no time subsampling: the input lengths)."""
-        return lengths
+        """Output frames per sequence: ⌈T / time_patch⌉."""
+        s = self.time_patch
+        return lengths if s == 1 else torch.div(lengths + s - 1, s, rounding_mode="floor")
+
+    def _input_image(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """CMVN'd (B, T, F) → (B, T', ⌈F/p⌉, p·s) input cells (p = input_patch, s = time_patch)."""
+        x = (x - self.cmvn_mean) / self.cmvn_std
+        s = self.time_patch
+        if s == 1:
+            return self.patch(x.unsqueeze(-1), self.input_patch)
+        B, T, F = x.shape
+        x = x * frame_mask(lengths.to(x.device), T).to(x.dtype).unsqueeze(-1)
+        pad = (-T) % s
+        if pad:
+            x = torch.cat([x, x.new_zeros(B, pad, F)], 1)
+        x = x.reshape(B, (T + pad) // s, s, F).transpose(2, 3)  # (B, T', F, s)
+        return self.patch(x, self.input_patch)
 
     @staticmethod
     def patch(x: Tensor, p: int) -> Tensor:
@@ -297,8 +322,8 @@ class MDLSTM(nn.Module):
     def _run(self, x: Tensor, lengths: Tensor | None, return_preacts: bool, tape: list | None):
         B, T, _ = x.shape
         lengths = torch.full((B,), T, dtype=torch.long) if lengths is None else lengths.cpu()
-        rev = reverse_index(lengths, T).to(x.device)
-        h = self.patch(((x - self.cmvn_mean) / self.cmvn_std).unsqueeze(-1), self.input_patch)
+        h = self._input_image(x, lengths)
+        rev = reverse_index(self.output_lengths(lengths), h.shape[1]).to(x.device)
         acts: list[Tensor] = []
         for i, lstm in enumerate(self.lstms):
             x4 = to_directions(h, rev)

@@ -518,14 +518,19 @@ class CtcTrainer:
 
 
 def plain_config(cfg: CtcTrainConfig) -> dict:
-    """The config as compared on ``--resume``: all but the run length, threads and device."""
+    """The config as compared on ``--resume``: all but the run length, threads, device and the
+    sections that the run does not read (the other models' and the other optimizer's)."""
     from hfasr.config import _plain
 
     d = _plain(cfg)
     for k in ("num_threads", "device"):
         d.pop(k, None)
-    d["hf"].pop("updates")
-    d["adam"].pop("epochs")
+    for k in MODELS:
+        if k != cfg.model:
+            d.pop(k, None)
+    d.pop("adam" if cfg.optimizer == "hf" else "hf", None)
+    d.get("hf", {}).pop("updates", None)
+    d.get("adam", {}).pop("epochs", None)
     return d
 
 

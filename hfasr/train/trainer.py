@@ -151,6 +151,9 @@ class TrainConfig:
         if self.model == "blstm" and self.blstm.subsample != 1:
             raise ValueError(f"blstm.subsample must be 1 for frame-level (hybrid) training: one output per "
                              f"alignment frame (got {self.blstm.subsample})")
+        if self.model == "mdlstm" and self.mdlstm.time_patch != 1:
+            raise ValueError(f"mdlstm.time_patch must be 1 for frame-level (hybrid) training: one output per "
+                             f"alignment frame (got {self.mdlstm.time_patch})")
         for name in ("epochs", "batch_size", "utt_batch_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
