@@ -71,6 +71,10 @@ class MDLSTMConfig:
     input_patch: int = 1  # frequency bins per input cell
     time_patch: int = 1  # frames per input cell (output frame rate / time_patch)
     combine: Literal["concat", "sum"] = "concat"  # the four directions' outputs
+    # initial bias of both forget gates. A cell adds σ(f_t)·c[t−1,f] + σ(f_f)·c[t,f−1]: with +1 the
+    # two gates sum to 1.46, so cell states grow along the diagonals and the model is far from
+    # linear in its parameters (HF's Gauss-Newton model then over-predicts every reduction, ρ ≪ ¼);
+    # −1 (sum 0.54) keeps the cells contracting. The CTC recipes use −1; see docs/hf-training.md.
     forget_bias: float = 1.0
 
 
