@@ -62,6 +62,22 @@ def frame_mask(lengths: Tensor, T: int) -> Tensor:
     return torch.arange(T, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def stack_frames(x: Tensor, s: int) -> Tensor:
+    """(B, T, F) → (B, ⌈T/s⌉, s·F): s consecutive frames per row (zero-padded at the end)."""
+    if s == 1:
+        return x
+    B, T, F = x.shape
+    pad = (-T) % s
+    if pad:
+        x = torch.cat([x, x.new_zeros(B, pad, F)], 1)
+    return x.reshape(B, (T + pad) // s, s * F)
+
+
+def stacked_lengths(lengths: Tensor, s: int) -> Tensor:
+    """Frames per sequence after :func:`stack_frames` by ``s``: ⌈T / s⌉."""
+    return lengths if s == 1 else torch.div(lengths + s - 1, s, rounding_mode="floor")
+
+
 def reverse_index(lengths: Tensor, T: int) -> Tensor:
     """Long (B, T): t ↦ L_b − 1 − t for t < L_b, else t (an involution)."""
     t = torch.arange(T, device=lengths.device).unsqueeze(0)
@@ -208,17 +224,7 @@ class BLSTM(nn.Module):
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Number of output frames of each sequence."""
-        return torch.div(lengths + self.subsample - 1, self.subsample, rounding_mode="floor")
-
-    def _stack_frames(self, x: Tensor) -> Tensor:
-        s = self.subsample
-        if s == 1:
-            return x
-        B, T, F = x.shape
-        pad = (-T) % s
-        if pad:
-            x = torch.cat([x, x.new_zeros(B, pad, F)], 1)
-        return x.reshape(B, (T + pad) // s, s * F)
+        return stacked_lengths(lengths, self.subsample)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None,
                 return_preacts: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -228,7 +234,7 @@ class BLSTM(nn.Module):
     def _run(self, x: Tensor, lengths: Tensor | None, return_preacts: bool, tape: list | None):
         B, T, _ = x.shape
         x = (x - self.cmvn_mean) / self.cmvn_std
-        x = self._stack_frames(x)
+        x = stack_frames(x, self.subsample)
         T = x.shape[1]
         lengths = torch.full((B,), T, dtype=torch.long) if lengths is None else self.output_lengths(lengths.cpu())
         rev = reverse_index(lengths, T).to(x.device)

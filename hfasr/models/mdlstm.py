@@ -55,7 +55,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hfasr.models.blstm import frame_mask, reverse_index, reverse_padded, split_tangents
+from hfasr.models.blstm import (frame_mask, reverse_index, reverse_padded, split_tangents, stack_frames,
+                                stacked_lengths)
 
 #: (time reversed, frequency reversed) of the four scan directions.
 DIRECTIONS: tuple[tuple[bool, bool], ...] = ((False, False), (False, True), (True, False), (True, True))
@@ -285,8 +286,7 @@ class MDLSTM(nn.Module):
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Output frames per sequence: ⌈T / time_patch⌉."""
-        s = self.time_patch
-        return lengths if s == 1 else torch.div(lengths + s - 1, s, rounding_mode="floor")
+        return stacked_lengths(lengths, self.time_patch)
 
     def _input_image(self, x: Tensor, lengths: Tensor) -> Tensor:
         """CMVN'd (B, T, F) → (B, T', ⌈F/p⌉, p·s) input cells (p = input_patch, s = time_patch)."""
@@ -295,11 +295,8 @@ class MDLSTM(nn.Module):
         if s == 1:
             return self.patch(x.unsqueeze(-1), self.input_patch)
         B, T, F = x.shape
-        x = x * frame_mask(lengths.to(x.device), T).to(x.dtype).unsqueeze(-1)
-        pad = (-T) % s
-        if pad:
-            x = torch.cat([x, x.new_zeros(B, pad, F)], 1)
-        x = x.reshape(B, (T + pad) // s, s, F).transpose(2, 3)  # (B, T', F, s)
+        x = stack_frames(x * frame_mask(lengths.to(x.device), T).to(x.dtype).unsqueeze(-1), s)
+        x = x.reshape(B, x.shape[1], s, F).transpose(2, 3)  # (B, T', F, s)
         return self.patch(x, self.input_patch)
 
     @staticmethod

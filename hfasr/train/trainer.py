@@ -148,12 +148,10 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer '{self.optimizer}' (known: {', '.join(sorted(OPTIMIZERS))})")
         if self.model not in MODEL_SECTIONS:
             raise ValueError(f"unknown model '{self.model}' (known: {', '.join(MODEL_SECTIONS)})")
-        if self.model == "blstm" and self.blstm.subsample != 1:
-            raise ValueError(f"blstm.subsample must be 1 for frame-level (hybrid) training: one output per "
-                             f"alignment frame (got {self.blstm.subsample})")
-        if self.model == "mdlstm" and self.mdlstm.time_patch != 1:
-            raise ValueError(f"mdlstm.time_patch must be 1 for frame-level (hybrid) training: one output per "
-                             f"alignment frame (got {self.mdlstm.time_patch})")
+        rate_key = {"blstm": "subsample", "mdlstm": "time_patch"}.get(self.model)  # output frames per input frame
+        if rate_key and getattr(getattr(self, self.model), rate_key) != 1:
+            raise ValueError(f"{self.model}.{rate_key} must be 1 for frame-level (hybrid) training: one output "
+                             f"per alignment frame (got {getattr(getattr(self, self.model), rate_key)})")
         for name in ("epochs", "batch_size", "utt_batch_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
