@@ -5,14 +5,15 @@ Usage:
   .venv/bin/python bench/distributed.py [--procs 1 2] [--reps 3] [--lat-dir recipes/fsdd/exp/lats]
 
 Every process runs with one thread (``torch.set_num_threads(1)``) and joins a gloo process group
-(N > 1); each holds its shard of the data and the objectives all-reduce losses, gradients and
+(N > 1); each computes its share of the batches and the objectives all-reduce losses, gradients and
 G v products exactly as in training (:mod:`hfasr.optim.distributed`):
 
-- ``frame``: the frame-level DNN cross-entropy objective (:class:`hfasr.optim.TensorObjective`,
-  ``shard=(first_row, total_rows)``) on random spliced frames; the G v batch is
-  ``--frame-curv-fraction`` of the frames;
-- ``sequence``: the utterance-level sMBR objective (:class:`UtteranceObjective`,
-  ``shard=(rank, world)``) through the lattice forward-backward, on random layered lattices of
+- ``frame``: the frame-level DNN cross-entropy objective (:func:`hfasr.optim.tensor_objective`:
+  a :class:`hfasr.optim.BatchObjective` on rows, chunks dealt to the ranks) on random spliced
+  frames; the G v batch is ``--frame-curv-fraction`` of the frames;
+- ``sequence``: the utterance-level sMBR objective (a :class:`hfasr.optim.BatchObjective` over
+  :func:`hfasr.train.sequence.seq_examples`, batches dealt to the ranks) through the lattice
+  forward-backward, on random layered lattices of
   realistic size (``--utts`` utterances of 150-350 frames, up to ``--width`` states per frame,
   ``--pdfs`` outputs), or, with ``--lat-dir``, on the real lattices of ``lats_train.pt`` (their
   topology, frame counts and pdfs; the features are random, the model sized to the lattices'
@@ -129,8 +130,9 @@ def timed(fn, reps: int) -> float:
 
 
 def bench_frame(args, rank: int, world: int) -> dict:
+    from hfasr.criteria.curvature import SoftmaxFisher
     from hfasr.models import DNN
-    from hfasr.optim import SoftmaxFisher, TensorObjective, softmax_ce
+    from hfasr.optim import softmax_ce, tensor_objective
 
     torch.manual_seed(0)
     f = DNN(FEAT, args.pdfs, hidden_dim=HIDDEN, num_layers=LAYERS, context=CONTEXT).frames()
@@ -138,10 +140,8 @@ def bench_frame(args, rank: int, world: int) -> dict:
     N = args.frames
     X = torch.randn(N, f.dnn.spliced_dim, generator=g)
     y = torch.randint(0, args.pdfs, (N,), generator=g)
-    lo, hi = rank * N // world, (rank + 1) * N // world
-    obj = TensorObjective(f, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[lo:hi], y[lo:hi]),
-                          curvature_fraction=args.frame_curv_fraction, curvature_min_rows=1, chunk_size=2048,
-                          shard=(lo, N) if world > 1 else None)
+    obj = tensor_objective(f, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y),
+                           curvature_fraction=args.frame_curv_fraction, curvature_min=1, chunk_size=2048)
     gen = torch.Generator().manual_seed(0)
     t_grad = timed(lambda: obj.gradient(gen), args.reps)
     gn = obj.curvature(gen)
@@ -154,16 +154,16 @@ def bench_frame(args, rank: int, world: int) -> dict:
 def bench_seq(args, rank: int, world: int) -> dict:
     from hfasr.criteria.sequence import SequenceConfig, SequenceCriterion
     from hfasr.models import DNN
-    from hfasr.train.utterance_objective import UtteranceObjective, sequence_criterion_fn
+    from hfasr.optim import BatchObjective
+    from hfasr.train.sequence import SequenceLoss, seq_examples
 
     utts, K, tid2phone, sil = seq_utterances(args)
     torch.manual_seed(0)
     model = DNN(FEAT, K, hidden_dim=HIDDEN, num_layers=LAYERS, context=CONTEXT)
     crit = SequenceCriterion(SequenceConfig(criterion="smbr", acoustic_scale=0.1, curvature="fisher"),
                              torch.full((K,), -math.log(K)), tid2phone=tid2phone, silence_phones=sil)
-    obj = UtteranceObjective(model, sequence_criterion_fn(crit), utts, curvature_fraction=args.seq_curv_fraction,
-                             curvature_min_utts=1, max_frames=args.max_frames,
-                             shard=(rank, world) if world > 1 else None)
+    obj = BatchObjective(model, SequenceLoss(crit), seq_examples(utts, args.max_frames),
+                         curvature_fraction=args.seq_curv_fraction, curvature_min=1)
     gen = torch.Generator().manual_seed(0)
     N = sum(int(x.shape[0]) for x, _ in utts)
     t_grad = timed(lambda: obj.gradient(gen), args.reps)

@@ -67,7 +67,8 @@ def main() -> None:
     from torch import nn
     from torch.func import functional_call
 
-    from hfasr.optim import GaussNewton, SoftmaxFisher
+    from hfasr.criteria.curvature import SoftmaxFisher
+    from hfasr.optim import GaussNewton
     for frames in (1024, 8192):
         dnn = nn.Sequential(nn.Linear(440, 1024), nn.Sigmoid(), *[m for _ in range(4) for m in (nn.Linear(1024, 1024), nn.Sigmoid())],
                             nn.Linear(1024, 1000)).to(dev)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from hfasr.optim import GaussNewton, SoftmaxFisher
+from hfasr.criteria.curvature import SoftmaxFisher
+from hfasr.optim import GaussNewton
 
 
 def timeit(fn, reps: int) -> float:

@@ -8,7 +8,7 @@ backward of the summed CTC loss; G v is one product of :class:`hfasr.optim.Gauss
 the convex CTC curvature (:func:`hfasr.criteria.ctc.ctc_curvature`), amortized over ``--reps``
 CG-style products after one linearization (setup reported separately, in gradients), for the
 J v modes ``model`` (the models' hand-written R-op, :class:`hfasr.criteria.ctc.ModelGaussNewton`,
-what :class:`~hfasr.criteria.ctc.CtcObjective` uses), ``double-vjp`` (the double-backward
+what :class:`~hfasr.optim.BatchObjective` uses for these models), ``double-vjp`` (the double-backward
 trick) and, on request (``--modes``), ``linearize`` (``torch.func.linearize``: its trace of the
 time loop costs hundreds of gradients of setup at T=300), with and without the
 structural-damping pre-activations. Also prints the forward+backward speed in frames per second.
@@ -38,10 +38,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from hfasr.criteria.ctc import ModelGaussNewton, ctc_curvature, ctc_loss
+from hfasr.criteria.ctc import ctc_curvature, ctc_loss
 from hfasr.models.blstm import BLSTM
 from hfasr.models.mdlstm import MDLSTM
-from hfasr.optim import GaussNewton
+from hfasr.optim import GaussNewton, ModelGaussNewton
 
 
 def timeit(fn, reps: int) -> float:

@@ -27,7 +27,8 @@ def gv_ratio(frames: int = 1024) -> float:
     from torch.func import functional_call
 
     from hfasr.models import DNN
-    from hfasr.optim import GaussNewton, SoftmaxFisher
+    from hfasr.criteria.curvature import SoftmaxFisher
+    from hfasr.optim import GaussNewton
     import time
 
     m = DNN(40, 100, hidden_dim=256, num_layers=4, context=5)
@@ -81,9 +82,8 @@ def main() -> None:
         "sgd": {**common, "optimizer": "sgd", "lr": 0.1, "epochs": args.epochs, "lr_schedule": "newbob"},
         # the settings of recipes/fsdd/conf/train_hf.yaml: Martens' sparse init, small initial
         # damping, rho / backtracking / line search on 5% held-out training frames
-        "hf": {**common, "dnn": {**common["dnn"], "init": "sparse"}, "optimizer": "hf", "epochs": args.hf_updates,
-               "lr_schedule": "constant",
-               "hf": {"updates_per_epoch": 1, "curvature_fraction": 0.02, "heldout_fraction": 0.05,
+        "hf": {**common, "dnn": {**common["dnn"], "init": "sparse"}, "optimizer": "hf",
+               "hf": {"updates": args.hf_updates, "curvature_fraction": 0.02, "heldout_fraction": 0.05,
                       "optimizer": {"cg_max_iters": 100, "damping": 0.01, "rho_data": "heldout",
                                     "backtrack_data": "heldout", "linesearch_data": "heldout"}}},
     }
@@ -94,10 +94,10 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-        tr = run_training(cfg, args.data_dir, args.task, args.ali_dir, out, progress=False)
-        passes, secs, acc, ce = [0.0], [0.0], [tr.history[0]["dev_acc"]], [tr.history[0]["dev_loss"]]
-        hist = tr.optimizer.opt.history if name == "hf" else None
-        for i, h in enumerate(tr.history[1:]):
+        exp = run_training(cfg, args.data_dir, args.task, args.ali_dir, out, progress=False)
+        passes, secs, acc, ce = [0.0], [0.0], [exp.history[0]["dev_acc"]], [exp.history[0]["dev_obj"]]
+        hist = exp.driver.opt.history if name == "hf" else None
+        for i, h in enumerate(exp.history[1:]):
             if name == "hf":
                 s = hist[i]
                 ev = sum(s.evals.values())
@@ -105,9 +105,9 @@ def main() -> None:
             else:
                 p = 1.0
             passes.append(passes[-1] + p)
-            secs.append(secs[-1] + h["seconds"])
+            secs.append(h["wall_s"])
             acc.append(h["dev_acc"])
-            ce.append(h["dev_loss"])
+            ce.append(h["dev_obj"])
         curves[name] = (passes, secs, acc, ce)
     args.out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))

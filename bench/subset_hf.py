@@ -6,7 +6,7 @@ stages up to 7 with --seq-runs):
   .venv/bin/python bench/subset_hf.py --data-dir recipes/fsdd/data --task fsdd_conn --exp recipes/fsdd/exp \
       [--updates 8] [--subsets 4] [--time-budget SECONDS | --budget-fraction F] [--dev-wer] [--no-decode-test] [--out DIR]
 
-HF-sMBR sequence training (:class:`hfasr.train.sequence.SequenceTrainer`, the code path of
+HF-sMBR sequence training (:class:`hfasr.train.sequence.SequenceTask` run by :class:`hfasr.train.experiment.Experiment`, the code path of
 ``hfasr train --criterion smbr --optimizer hf``) from ``EXP/dnn_ce/final.pt`` on
 ``EXP/lats/lats_{train,dev}.pt`` and the alignments of ``EXP/gmm``, in these variants (all with
 the same base config: ``--config``, default ``EXP/../conf/seq_smbr_hf.yaml`` if it exists):
@@ -107,9 +107,9 @@ class Context:
 
 def run_variant(name: str, cfg, ctx: Context, out: Path, budget: float | None, force: bool) -> Path:
     """Train one variant in ``out/name`` (resuming / reusing what is there); returns the dir."""
-    from hfasr.config import save_config
-    from hfasr.models import load_model, save_model
-    from hfasr.train.sequence import SequenceTrainer
+    from hfasr.models import load_model
+    from hfasr.train.experiment import Experiment
+    from hfasr.train.sequence import SequenceTask
 
     vdir = out / name
     if force and vdir.exists():
@@ -117,27 +117,15 @@ def run_variant(name: str, cfg, ctx: Context, out: Path, budget: float | None, f
     if (vdir / "final.pt").is_file():
         print(f"# {name}: reusing {vdir} (finished; --force to rerun)", flush=True)
         return vdir
-    vdir.mkdir(parents=True, exist_ok=True)
+    exp = Experiment(cfg, vdir, resume=True, progress=False)
     torch.manual_seed(cfg.seed)
-    model = load_model(ctx.init)
-    trainer = SequenceTrainer(cfg, model, ctx.log_prior, ctx.meta, ctx.train, ctx.dev, vdir,
-                              ctx.graph_dir if cfg.dev_wer else None, ctx.model_dir if cfg.dev_wer else None,
-                              progress=False)
-    trainer.run_name = f"hf-{cfg.criterion}-{name}"
-    if (vdir / "checkpoint.pt").is_file():
-        trainer.load_checkpoint(vdir / "checkpoint.pt")
-        trainer.log_line(f"# resumed at update {trainer.position['update']}")
-    save_config(cfg, vdir / "config.yaml")
-    shutil.copyfile(ctx.prior_path, vdir / "prior.pt")
-    last_update = cfg.hf.updates
-    while trainer.position["update"] < last_update and (budget is None or trainer.wall < budget or not trainer.history):
-        trainer.cfg.hf.updates = trainer.position["update"] + 1  # one update at a time: the budget is checked after each
-        trainer.fit()
-    trainer.cfg.hf.updates = last_update
-    last = trainer.history[-1]
-    save_model(vdir / "final.pt", trainer.model, criterion=cfg.criterion, optimizer="hf",
-               dev_obj=float(last["dev_obj"]), dev_acc=float(last["dev_acc"]), init=str(ctx.init))
-    trainer.log_line(f"# final.pt: update {last['update']} dev_obj={last['dev_obj']:.6f} wall_s={trainer.wall:.1f}")
+    task = SequenceTask(cfg, load_model(ctx.init), ctx.log_prior, ctx.meta, ctx.train, ctx.dev, exp.device,
+                        ctx.graph_dir if cfg.dev_wer else None, ctx.model_dir if cfg.dev_wer else None,
+                        progress=False)
+    task.run_name = f"hf-{cfg.criterion}-{name}"
+    task.prior_path, task.init = ctx.prior_path, ctx.init
+    exp.run(task, max_wall=budget)  # the budget is checked after every update
+    exp.save_final(task)
     return vdir
 
 

@@ -136,8 +136,8 @@ def from_dict(cls: type[T], data: dict | None, source: str = "<dict>") -> T:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
     """Load ``path`` (YAML mapping; ``None`` means all defaults) into dataclass ``cls``.
 
-    ``overrides`` (e.g. from the command line) are applied on top of the file's values and
-    checked the same way. Raises :class:`ConfigError` naming the file and key on any problem.
+    ``overrides`` (e.g. from the command line; ``"section.key"`` names a key inside a section)
+    are applied on top of the file's values and checked the same way. Raises :class:`ConfigError` naming the file and key on any problem.
     """
     data: dict = {}
     where = "<defaults>"
@@ -155,8 +155,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | 
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of options at top level, got {type(loaded).__name__}")
         data.update(loaded)
-    if overrides:
-        data.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in (overrides or {}).items():  # "section.key" overrides one key of a section
+        if value is not None:
+            *sections, last = key.split(".")
+            d = data
+            for sec in sections:
+                d[sec] = dict(d.get(sec) or {})
+                d = d[sec]
+            d[last] = value
     return _from_dict(cls, data, where)
 
 

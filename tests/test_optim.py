@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import pytest
@@ -10,7 +11,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from hfasr.optim import GaussNewton, HessianFree, HFConfig, SoftmaxFisher, SquaredError, TensorObjective, pcg, softmax_ce
+from hfasr.criteria.curvature import SoftmaxFisher, SquaredError
+from hfasr.optim import (
+    GaussNewton,
+    HessianFree,
+    HFConfig,
+    pcg,
+    softmax_ce,
+    tensor_objective,
+)
 from hfasr.optim.cg import should_stop, storage_schedule
 from hfasr.optim.gn import flatten
 from hfasr.optim.hf import backtrack, levenberg_marquardt
@@ -75,7 +84,7 @@ def test_gv_equals_explicit(kind, mode):
         x = torch.randn(2, 5, 3, dtype=torch.float64)
     names = [n for n, _ in model.named_parameters()]
     params = [p.detach() for p in model.parameters()]
-    G, z = _explicit_gn(model, x, _softmax_block, normalizer=11.0)
+    G, _ = _explicit_gn(model, x, _softmax_block, normalizer=11.0)
     gn = GaussNewton(lambda ps: functional_call(model, dict(zip(names, ps)), (x,)), params, lambda zz: SoftmaxFisher(zz),
                      normalizer=11.0, jvp_mode=mode)
     for _ in range(3):
@@ -150,7 +159,7 @@ def test_cg_matches_solve():
         A = Q @ Q.T + 0.5 * torch.eye(30, dtype=torch.float64)
         b = torch.randn(30, dtype=torch.float64)
         M = torch.diag(A) if precond else None
-        res = pcg(lambda v: A @ v, b, precond=M, max_iters=200, tol=1e-14)
+        res = pcg(A.mv, b, precond=M, max_iters=200, tol=1e-14)
         assert torch.allclose(res.x, torch.linalg.solve(A, b), atol=1e-8)
         # φ is the quadratic's value at each iterate, decreasing monotonically
         assert all(p2 <= p1 + 1e-12 for p1, p2 in zip(res.phis, res.phis[1:]))
@@ -217,7 +226,7 @@ def _se(out, t):
 def test_one_update_minimizes_quadratic_exactly():
     X, Y = _linear_problem()
     model = nn.Linear(6, 1).double()
-    obj = TensorObjective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
+    obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
     cfg = HFConfig(damping=1e-10, damping_min=1e-12, cg_max_iters=100, cg_tol=1e-12, preconditioner="none", backtracking=True)
     opt = HessianFree(model.parameters(), cfg)
     st = opt.step(obj)
@@ -245,7 +254,7 @@ def _mlp(seed=0):
 def test_hf_trains_softmax_mlp(precond):
     X, y = _classification()
     model = _mlp()
-    obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[:1000], y[:1000]), heldout=(X[1000:], y[1000:]),
+    obj = tensor_objective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[:1000], y[:1000]), heldout=(X[1000:], y[1000:]),
                           curvature_fraction=0.2, chunk_size=250)
     opt = HessianFree(model.parameters(), HFConfig(cg_max_iters=40, preconditioner=precond, rho_data="heldout", backtrack_data="heldout"))
     first = obj.loss("gradient")
@@ -260,7 +269,7 @@ def test_resume_is_bit_identical():
 
     def make():
         model = _mlp(3)
-        obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y), curvature_fraction=0.1, chunk_size=300)
+        obj = tensor_objective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y), curvature_fraction=0.1, chunk_size=300)
         opt = HessianFree(model.parameters(), HFConfig(cg_max_iters=30, preconditioner="chapelle-erhan", seed=7))
         return model, obj, opt
 
@@ -291,7 +300,7 @@ class _NanCurvature(SoftmaxFisher):
 def test_non_finite_curvature_rejects_step():
     X, y = _classification()
     model = _mlp()
-    obj = TensorObjective(model, softmax_ce, lambda z, t: _NanCurvature(z), (X, y), curvature_fraction=0.1)
+    obj = tensor_objective(model, softmax_ce, lambda z, t: _NanCurvature(z), (X, y), curvature_fraction=0.1)
     opt = HessianFree(model.parameters(), HFConfig(damping=2.0, preconditioner="none"))
     before = [p.detach().clone() for p in model.parameters()]
     st = opt.step(obj)
@@ -304,7 +313,7 @@ def test_non_finite_loss_raises():
     X = X.clone()
     X[0, 0] = float("nan")
     model = _mlp()
-    obj = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y))
+    obj = tensor_objective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X, y))
     with pytest.raises(FloatingPointError, match="non-finite"):
         HessianFree(model.parameters()).step(obj)
 
@@ -314,16 +323,16 @@ def _subset_setup(reuse: str, seed=5):
 
     X, y = _classification(seed)
     model = _mlp(seed)
-    parts = [TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[i:1000:4], y[i:1000:4]), curvature_fraction=0.3)
+    parts = [tensor_objective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[i:1000:4], y[i:1000:4]), curvature_fraction=0.3)
              for i in range(4)]
-    held = TensorObjective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[1000:], y[1000:]))
+    held = tensor_objective(model, softmax_ce, lambda z, t: SoftmaxFisher(z), (X[1000:], y[1000:]))
     obj = SubsetObjective(parts, held)
     cfg = HFConfig(cg_max_iters=30, gradient_reuse=reuse, rho_data="heldout", backtrack_data="heldout", linesearch_data="heldout")
     return model, obj, HessianFree(model.parameters(), cfg), parts
 
 
 def test_sag_combines_stored_gradients():
-    model, obj, opt, parts = _subset_setup("sag")
+    _, obj, opt, parts = _subset_setup("sag")
     gen = torch.Generator().manual_seed(0)
     for k in range(3):
         opt.step(obj)
@@ -343,7 +352,7 @@ def test_dynamic_weights_follow_heldout_and_resume():
         opt.step(obj)
     h = opt.history
     assert all(1 / 4 - 1e-9 <= s.fresh_weight <= 1.0 for s in h)
-    for prev, cur in zip(h[1:], h[2:]):  # weight moves up after a worse held-out loss, down after a better one
+    for prev, cur in itertools.pairwise(h[1:]):  # weight moves up after a worse held-out loss, down after a better one
         worse = (not prev.accepted) or prev.heldout_after > prev.heldout_before
         S = min(prev.update, 4)
         if worse:
@@ -374,7 +383,7 @@ def test_diag_damping_solves_marquardt_system():
         with torch.no_grad():
             model.weight.zero_()
             model.bias.zero_()
-        obj = TensorObjective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
+        obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
         cfg = HFConfig(damping=lam, cg_max_iters=200, cg_tol=1e-14, cg_min_iters=200, preconditioner="martens",
                        damping_matrix=matrix, damping_floor=floor, backtracking=False, line_search=False)
         opt = HessianFree(model.parameters(), cfg)
@@ -387,5 +396,5 @@ def test_diag_damping_solves_marquardt_system():
         assert torch.allclose(p, want, rtol=1e-6, atol=1e-9), matrix
     with pytest.raises(ValueError, match="damping_matrix"):
         HessianFree(nn.Linear(2, 1).parameters(), HFConfig(damping_matrix="bogus")).step(
-            TensorObjective(nn.Linear(2, 1), _se, lambda z, t: SquaredError(z),
+            tensor_objective(nn.Linear(2, 1), _se, lambda z, t: SquaredError(z),
                             (torch.randn(4, 2), torch.randn(4, 1)), curvature_fraction=1.0))

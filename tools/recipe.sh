@@ -1,6 +1,6 @@
 # Helpers shared by recipes/*/run.sh (sourced after parse_options.sh).
 #   stage_run N NAME CMD...   run CMD as stage N when stage <= N <= stop_stage, unless
-#                             $exp_marks/.NAME.done exists; touch the marker on success.
+#                             $marks/.NAME.done exists; touch the marker on success.
 # Needs: $stage, $stop_stage, $marks (a directory for .done markers).
 venv=$("$root/tools/setup-env.sh")
 export PATH="$venv/bin:$PATH"

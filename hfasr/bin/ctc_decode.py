@@ -16,7 +16,8 @@ decoding (argmax per frame; phones become words by lexicon segmentation): ``hyp.
 Scales: the decoder's cost is ``graph_cost − acoustic_scale · log p``; ``--acoustic-scale``
 (default 1), or the best ``1/LMWT`` for LMWT in ``--lm-weights`` (with ``--word-penalties``)
 by WER on ``--dev-split``. ``--blank-penalty`` is subtracted from the blank's log-probability
-before decoding (greedy and TLG).
+before decoding (greedy and TLG). The TLG sweep, decode and scoring are
+:func:`hfasr.decode.pipeline.decode_and_score`, as in ``hfasr decode``.
 """
 
 from __future__ import annotations
@@ -50,15 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-active", type=int, help="max active states (overrides the config)")
     p.add_argument("--num-workers", type=int, default=0, help="decoding processes (0: in process)")
     p.add_argument("--num-threads", type=int, default=1, help="torch threads")
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    from hfasr.errors import HfasrError
-
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError as e:
-        raise HfasrError(f"{flag}: expected comma-separated numbers, got {text!r}") from e
 
 
 def load_ctc_model(path: Path, lang_dir: Path | None):
@@ -114,23 +106,23 @@ def run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
     from hfasr.decode import (
         DecoderConfig,
+        DevSet,
         bootstrap_ci,
-        results_to_text,
+        decode_and_score,
+        parse_floats,
+        read_graph,
+        read_id2word,
         score,
         write_results,
         write_text,
     )
     from hfasr.decode.ctc import (
         ctc_tid2pdf,
-        decode_ctc,
         greedy_ids,
         penalize_blank,
         token_error_line,
         tokens_to_words,
     )
-    from hfasr.decode.decoder import add_word_penalty, non_words, read_graph, sweep_acoustic_scale
-    from hfasr.errors import HfasrError
-    from hfasr.lang.graphs import read_symbols
 
     torch.set_num_threads(args.num_threads)
     cfg = load_config(DecoderConfig, args.config, overrides={"beam": args.beam, "max_active": args.max_active})
@@ -165,32 +157,17 @@ def run(args: argparse.Namespace) -> None:
 
         build_ctc_graph(args.lang, table.tokens, table.unit, graph_dir, word_boundary=table.word_boundary,
                         prons=prons)
-    id2word = {i: w for w, i in read_symbols(args.lang / "words.txt").items()}
+    id2word = read_id2word(args.lang / "words.txt")
     graph = read_graph(tlg)
-    acwt, wip = args.acoustic_scale, 0.0
-    note = f"acoustic scale {acwt:g} (given), blank penalty {args.blank_penalty:g}"
+    dev = None
     if args.dev_split:
         dev_ids, dev_lps, dev_refs = split_log_probs(model, args.data_dir, args.task, args.dev_split)
         dev_lps = [penalize_blank(x, args.blank_penalty) for x in dev_lps]
-        best, points = sweep_acoustic_scale(graph, ctc_tid2pdf(len(table)), dev_ids, dev_lps, dev_refs, id2word,
-                                            lm_weights=_floats(args.lm_weights, "--lm-weights"), config=cfg,
-                                            num_workers=args.num_workers,
-                                            word_penalties=_floats(args.word_penalties, "--word-penalties"))
-        (args.out / "sweep.txt").write_text("".join(
-            f"LMWT {p.lm_weight:g} WIP {p.word_penalty:g} acoustic_scale {p.acoustic_scale:.6f} {p.result.wer_line()}\n"
-            for p in points) + f"best LMWT {best.lm_weight:g} WIP {best.word_penalty:g}\n")
-        acwt, wip = best.acoustic_scale, best.word_penalty
-        note = (f"acoustic scale {acwt:.6f} (LMWT {best.lm_weight:g}, word penalty {wip:g}, blank penalty "
-                f"{args.blank_penalty:g}, best on {args.dev_split}: {best.result.wer_line()})")
-    elif acwt <= 0:
-        raise HfasrError(f"--acoustic-scale must be positive, got {acwt}")
-    if wip:
-        graph = add_word_penalty(graph, wip, non_words(id2word))
-    res = decode_ctc(graph, lps, acwt, config=cfg, num_workers=args.num_workers, names=ids, desc=f"TLG {set_name}")
-    hyps = results_to_text(ids, res, id2word)
-    write_text(args.out / "hyp.txt", hyps)
-    result = score(refs, hyps)
-    wer = write_results(args.out, set_name, result, bootstrap_ci(result))
-    with wer.open("a", encoding="utf-8") as f:
-        f.write(f"# TLG {tlg}; {note}\n# greedy: {g_res.wer_line()} {ter}\n")
-    print(wer.read_text(), end="")
+        dev = DevSet(dev_ids, dev_lps, dev_refs, name=args.dev_split)
+    decode_and_score(graph, ctc_tid2pdf(len(table)), id2word, ids, lps, args.out, set_name, refs=refs, dev=dev,
+                     acoustic_scale=args.acoustic_scale,
+                     lm_weights=parse_floats(args.lm_weights, "--lm-weights") if dev else None,
+                     word_penalties=parse_floats(args.word_penalties, "--word-penalties") if dev else (0.0,),
+                     config=cfg, num_workers=args.num_workers, desc=f"TLG {set_name}",
+                     note_details=f"blank penalty {args.blank_penalty:g}", note_prefix=f"TLG {tlg}; ",
+                     extra_comments=[f"greedy: {g_res.wer_line()} {ter}"])

@@ -8,6 +8,7 @@ model maps transition-ids to pdfs). Writes ``OUT/hyp.txt``; with ``--ref`` also 
 
 The acoustic scale is ``--acoustic-scale`` or, with ``--dev-loglikes``/``--dev-ref``, the best
 of ``1/LMWT`` for LMWT in ``--lm-weights`` by dev WER (``OUT/sweep.txt`` lists every point).
+Sweep, decode and scoring are :func:`hfasr.decode.pipeline.decode_and_score`.
 """
 
 from __future__ import annotations
@@ -72,32 +73,9 @@ def load_tid2pdf(model_dir: Path):
     return torch.tensor(m.tm.transition_id_to_pdf_array(), dtype=torch.long)
 
 
-def read_words(path: Path) -> dict[int, str]:
-    if not path.is_file():
-        raise DataError(f"word table not found: {path}")
-    out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        f = line.split()
-        if not f:
-            continue
-        if len(f) != 2 or not f[1].isdigit():
-            raise DataError(f"{path}:{lineno}: expected 'word id', got {line!r}")
-        out[int(f[1])] = f[0]
-    return out
-
-
 def run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
-    from hfasr.decode import (
-        DecoderConfig,
-        bootstrap_ci,
-        decode_batch,
-        results_to_text,
-        score,
-        sweep_acoustic_scale,
-        write_results,
-        write_text,
-    )
+    from hfasr.decode import DecoderConfig, DevSet, decode_and_score, parse_floats, read_id2word
     from hfasr.decode.score import read_text
 
     cfg = load_config(DecoderConfig, args.config,
@@ -105,54 +83,20 @@ def run(args: argparse.Namespace) -> None:
     graph = args.graph_dir / "HCLG.fst"
     if not graph.is_file():
         raise DataError(f"decoding graph not found: {graph}")
-    id2word = read_words(args.graph_dir / "words.txt")
+    id2word = read_id2word(args.graph_dir / "words.txt")
     tid2pdf = load_tid2pdf(args.model_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    acwt, note = args.acoustic_scale, f"acoustic scale {args.acoustic_scale:g} (given)"
-    wip = 0.0
+    dev, lmwts, wips = None, None, [0.0]
     if args.dev_loglikes is not None:
         if args.dev_ref is None:
             raise HfasrError("--dev-loglikes needs --dev-ref")
-        try:
-            lmwts = ([float(x) for x in args.lm_weights.split(",")] if args.lm_weights
-                     else None)
-        except ValueError as e:
-            raise HfasrError(f"--lm-weights: expected comma-separated numbers, got {args.lm_weights!r}") from e
+        lmwts = parse_floats(args.lm_weights, "--lm-weights") if args.lm_weights else None
         dev_ids, dev_ll = load_loglikes(args.dev_loglikes)
-        kw = {"lm_weights": lmwts} if lmwts else {}
-        try:
-            kw["word_penalties"] = [float(x) for x in args.word_penalties.split(",")]
-        except ValueError as e:
-            raise HfasrError(f"--word-penalties: expected comma-separated numbers, got {args.word_penalties!r}") from e
-        best, points = sweep_acoustic_scale(str(graph), tid2pdf, dev_ids, dev_ll,
-                                            read_text(args.dev_ref), id2word, config=cfg,
-                                            num_workers=args.num_workers, **kw)
-        (args.out / "sweep.txt").write_text("".join(
-            f"LMWT {p.lm_weight:g} WIP {p.word_penalty:g} acoustic_scale {p.acoustic_scale:.6f} {p.result.wer_line()}\n"
-            for p in points) + f"best LMWT {best.lm_weight:g} WIP {best.word_penalty:g}\n")
-        acwt, wip = best.acoustic_scale, best.word_penalty
-        note = (f"acoustic scale {acwt:.6f} (LMWT {best.lm_weight:g}, word penalty {wip:g}, "
-                f"best on dev: {best.result.wer_line()})")
-    elif args.acoustic_scale <= 0:
-        raise HfasrError(f"--acoustic-scale must be positive, got {args.acoustic_scale}")
+        wips = parse_floats(args.word_penalties, "--word-penalties")
+        dev = DevSet(dev_ids, dev_ll, read_text(args.dev_ref))
     ids, lls = load_loglikes(args.loglikes)
-    test_graph = str(graph)
-    if wip:
-        from hfasr.decode.decoder import add_word_penalty, non_words, read_graph
-
-        test_graph = add_word_penalty(read_graph(graph), wip, non_words(id2word))
-    res = decode_batch(test_graph, tid2pdf, lls, acwt, config=cfg, num_workers=args.num_workers,
-                       names=ids, desc=f"decode {args.set_name}")
-    hyps = results_to_text(ids, res, id2word)
-    write_text(args.out / "hyp.txt", hyps)
-    log.info("%s: %s", args.set_name, note)
-    if args.ref is None:
-        return
-    refs = read_text(args.ref)
-    write_text(args.out / "ref.txt", refs)
-    result = score(refs, hyps, mode=args.mode)
-    ci = bootstrap_ci(result)
-    wer = write_results(args.out, args.set_name, result, ci)
-    with wer.open("a", encoding="utf-8") as f:
-        f.write(f"# {note}\n")
-    print(wer.read_text(), end="")
+    refs = read_text(args.ref) if args.ref is not None else None
+    decode_and_score(str(graph), tid2pdf, id2word, ids, lls, args.out, args.set_name, refs=refs,
+                     dev=dev, acoustic_scale=args.acoustic_scale, lm_weights=lmwts,
+                     word_penalties=wips, config=cfg, num_workers=args.num_workers, mode=args.mode,
+                     logger=log)

@@ -1,7 +1,8 @@
 """Training criteria: each gives the loss and the output-space curvature (the convexified
-Gauss-Newton block) that HF needs (DESIGN.md). Import the lattice-based sequence criteria from
-:mod:`hfasr.criteria.sequence`."""
+Gauss-Newton block) that HF needs. Import the lattice-based sequence criteria from
+:mod:`hfasr.criteria.sequence`; the curvature operators are in :mod:`hfasr.criteria.curvature`."""
 
-from hfasr.criteria.ctc import CtcObjective, TokenTable, ctc_curvature, ctc_greedy, ctc_loss
+from hfasr.criteria.ctc import CtcLoss, TokenTable, ctc_curvature, ctc_loss
+from hfasr.criteria.curvature import SoftmaxFisher, SquaredError, Sum
 
-__all__ = ["CtcObjective", "TokenTable", "ctc_curvature", "ctc_greedy", "ctc_loss"]
+__all__ = ["CtcLoss", "TokenTable", "ctc_curvature", "ctc_loss", "SoftmaxFisher", "SquaredError", "Sum"]

@@ -230,7 +230,7 @@ class LatticeTensors:
 
 def _lattice_arcs(lat: kaldifst.Lattice) -> tuple[int, int, list[tuple], dict[int, tuple[float, float]]]:
     """(num_states, start, arcs, finals) of a Kaldi Lattice, read with the Lattice iterators."""
-    import _kaldifst  # the 1.7.x bindings keep the Lattice iterators here (see the Kaldi doc)
+    import _kaldifst  # kaldifst 1.7.x has the Lattice state/arc iterators only in this module
 
     arcs: list[tuple] = []
     finals: dict[int, tuple[float, float]] = {}

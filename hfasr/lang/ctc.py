@@ -3,8 +3,8 @@
 Token ids follow :class:`hfasr.criteria.ctc.TokenTable`: 0 is the blank, 1..K−1 the units
 (phones or characters). The graph's **input labels are token id + 1** (0 is epsilon), the index
 convention of ``kaldi_decoder.DecodableCtc``, so a (T, K) matrix of per-frame token scores is
-decoded directly (``shared/docs/kaldi-python.md``); output labels are the word ids of the lang
-dir's ``words.txt``, the ones of its ``G.fst``.
+decoded directly (its ``log_likelihood(t, index)`` is column ``index − 1``); output labels are
+the word ids of the lang dir's ``words.txt``, the ones of its ``G.fst``.
 
 - :func:`ctc_topo`: the standard CTC topology over K tokens (Graves' path collapse as an FST):
   state s = the token of the last frame; from every state, token j moves to state j, emitting j

@@ -2,7 +2,7 @@
 
 Everything follows Kaldi's scripts (``utils/prepare_lang.sh``, ``utils/make_lexicon_fst.py``,
 ``utils/gen_topo.pl``, ``utils/mkgraph.sh``) using the OpenFst/Kaldi operations exposed by
-kaldifst and kaldi-hmm-gmm (see ``shared/docs/kaldi-python.md``, recipe C2).
+kaldifst and kaldi-hmm-gmm.
 """
 
 from __future__ import annotations

@@ -164,10 +164,6 @@ class Lang:
         return {i: w for w, i in self.words.items()}
 
     @cached_property
-    def id2phone(self) -> dict[int, str]:
-        return {i: p for p, i in self.phones.items()}
-
-    @cached_property
     def disambig(self) -> list[int]:
         """Phone ids of ``#0..#k``."""
         return [int(x) for x in (self.dir / "disambig.int").read_text().split()]
@@ -214,6 +210,3 @@ class Lang:
                 raise DataError(f"word '{w}' of utterance '{utt}' is not in {self.dir / 'words.txt'}")
             ids.append(i)
         return ids
-
-    def words_of(self, ids: list[int]) -> list[str]:
-        return [self.id2word[i] for i in ids if i != 0]

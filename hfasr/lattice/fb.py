@@ -11,7 +11,10 @@ with segmented reductions, so a step costs O(arcs + states of the level) and a w
 O(arcs + states), not O(states × levels).
 
 Arc log-weights are supplied by the caller (e.g. ``−lm_scale·graph_cost + κ·a[t, pdf]``), so
-the same precomputed structure serves every evaluation and every curvature product.
+the same precomputed structure serves every evaluation and every curvature product. Final-state
+costs are graph costs too: the passes weight them by ``−lm_scale·final_cost`` (the ``lm_scale``
+given to :meth:`LatticeBatch.forward_backward`, which must be the one used for the arc weights),
+as Kaldi's ``ScaleLattice`` scales arc and final weights alike.
 """
 
 from __future__ import annotations
@@ -179,9 +182,10 @@ class LatticeBatch:
         fin = torch.where(torch.isfinite(final_cost), -final_cost,
                           torch.full_like(final_cost, NEG_INF))
         self._rank = rank.to(d)
+        self._order = order.to(d)
         alpha_init = torch.full((S,), NEG_INF, dtype=self.dtype).index_fill_(0, sel(rank, 0, start), 0.0)
         self._alpha_init = alpha_init.to(d)
-        self._fin = fin.to(d)
+        self._fin = fin.to(d)  # final log-weights at lm_scale 1 (−final_cost, −inf if not final)
         self._beta_init = torch.cat([sel(fin, 0, order), torch.zeros(1, dtype=self.dtype)]).to(d)
         self._f_arc = f_arc.to(d)
         self._b_val = b_val.to(d)
@@ -233,6 +237,12 @@ class LatticeBatch:
             w = w + extra
         return w
 
+    def final_weights(self, lm_scale: float = 1.0) -> Tensor:
+        """Final log-weights ``−lm_scale·final_cost`` (S,), −inf for non-final states."""
+        if lm_scale == 1.0:
+            return self._fin
+        return torch.where(self.is_final, self._fin * lm_scale, self._fin)
+
     def gather_frames(self, frame_values: Tensor) -> Tensor:
         """Per arc ``frame_values[b, t, pdf]`` (0 for epsilon arcs)."""
         out = torch.zeros(self.src.numel(), dtype=self.dtype, device=self.device)
@@ -247,14 +257,17 @@ class LatticeBatch:
         return out.view(B, T, K)
 
     # ------------------------------------------------------------------------------ log semiring
-    def forward_backward(self, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward_backward(self, w: Tensor, lm_scale: float = 1.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(α (S,), β (S,), log Z (B,), arc posteriors γ (A,)) for arc log-weights ``w``.
 
+        ``lm_scale`` scales the final-state (graph) costs; pass the value given to
+        :meth:`arc_scores` so that arc and final graph costs are scaled alike.
         Not differentiable (in-place level updates): the criteria build their gradients from the
         posteriors, so ``w`` must not require grad while autograd is recording.
         """
         _no_autograd(w)
         S = self.num_states
+        fin = self.final_weights(lm_scale)
         # α in level order; each level's incoming arcs reduced into that level's states only
         alpha_s = self._alpha_init.clone()
         a_out = alpha_s.split(self._S_sizes)
@@ -262,9 +275,12 @@ class LatticeBatch:
         for L, src_l, seg_l, off_l in self._fwd_plan:
             _segment_logsumexp(alpha_s.index_select(0, src_l).add_(w_f[L]), seg_l, off_l, a_out[L])
         # β in level order, slot S a 0 sentinel; per state: outgoing arcs + its final weight
-        beta_s = self._beta_init.clone()
+        if lm_scale == 1.0:
+            beta_s = self._beta_init.clone()
+        else:
+            beta_s = torch.cat([fin.index_select(0, self._order), fin.new_zeros(1)])
         b_out = beta_s[:S].split(self._S_sizes)
-        w_b = torch.cat([w, self._fin]).index_select(0, self._b_val).split(self._b_sizes)
+        w_b = torch.cat([w, fin]).index_select(0, self._b_val).split(self._b_sizes)
         for L, tgt_l, seg_l, off_l in self._bwd_plan:
             _segment_logsumexp(beta_s.index_select(0, tgt_l).add_(w_b[L]), seg_l, off_l, b_out[L])
         alpha = alpha_s.index_select(0, self._rank)

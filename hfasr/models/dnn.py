@@ -87,7 +87,7 @@ def splice(x: Tensor, context: int, lengths: Tensor | None = None) -> Tensor:
 
 def utterance_cmn(x: Tensor, lengths: Tensor | None = None) -> Tensor:
     """Subtract each utterance's mean over its valid frames from padded features (B, T, F)."""
-    B, T, _ = x.shape
+    _, T, _ = x.shape
     if lengths is None:
         return x - x.mean(1, keepdim=True)
     mask = (torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)[..., None]
@@ -127,10 +127,6 @@ class DNN(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(num_layers))
         self.output = nn.Linear(sizes[-1], num_outputs)
         self.reset_parameters()
-
-    @classmethod
-    def from_config(cls, input_dim: int, num_outputs: int, cfg: DNNConfig) -> DNN:
-        return cls(input_dim, num_outputs, **asdict(cfg))
 
     @property
     def spliced_dim(self) -> int:

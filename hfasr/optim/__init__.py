@@ -1,19 +1,39 @@
 """Hessian-free optimization for PyTorch (knows nothing of speech).
 
-- :mod:`~hfasr.optim.curvature`: output-space curvature operators (PSD), e.g. softmax Fisher.
+- :mod:`~hfasr.optim.curvature`: the output-space curvature protocol (implementations:
+  :mod:`hfasr.criteria.curvature`).
 - :mod:`~hfasr.optim.gn`: matrix-free Gauss-Newton products G v = Jᵀ H J v.
 - :mod:`~hfasr.optim.cg`: preconditioned CG with Martens' stopping rule and iterate storage.
-- :mod:`~hfasr.optim.hf`: :class:`HessianFree` (damping, backtracking, line search, state_dict).
-- :mod:`~hfasr.optim.objective`: :class:`TensorObjective` for models on in-memory tensors.
+- :mod:`~hfasr.optim.hf`: :class:`HessianFree` (damping, backtracking, line search, state_dict),
+  the :class:`HFObjective` and :class:`CurvatureOperator` protocols.
+- :mod:`~hfasr.optim.objective`: :class:`BatchObjective`, the HF objective on batched data
+  (held-out data, successive subsets, sharding over ``torch.distributed`` ranks).
+- :mod:`~hfasr.optim.distributed`: all-reduce helpers and the rank-summed G v.
 """
 
 from hfasr.optim.cg import CGResult, pcg
-from hfasr.optim.curvature import OutputCurvature, SoftmaxFisher, SquaredError
+from hfasr.optim.curvature import OutputCurvature
 from hfasr.optim.gn import GaussNewton, ModelGaussNewton, SumGaussNewton
-from hfasr.optim.hf import HessianFree, HFConfig, HFObjective, HFStats
-from hfasr.optim.objective import SubsetObjective, TensorObjective, softmax_ce
+from hfasr.optim.hf import CurvatureOperator, HessianFree, HFConfig, HFObjective, HFStats
+from hfasr.optim.objective import (
+    Batch,
+    BatchCriterion,
+    BatchData,
+    BatchObjective,
+    RowCriterion,
+    SubsetObjective,
+    TensorRows,
+    make_objective,
+    shard_batches,
+    softmax_ce,
+    split_heldout,
+    tensor_objective,
+)
 
 __all__ = [
-    "CGResult", "pcg", "OutputCurvature", "SoftmaxFisher", "SquaredError", "GaussNewton", "ModelGaussNewton", "SumGaussNewton",
-    "HessianFree", "HFConfig", "HFObjective", "HFStats", "TensorObjective", "SubsetObjective", "softmax_ce",
+    "CGResult", "pcg", "OutputCurvature", "GaussNewton",
+    "ModelGaussNewton", "SumGaussNewton", "CurvatureOperator", "HessianFree", "HFConfig",
+    "HFObjective", "HFStats", "Batch", "BatchCriterion", "BatchData", "BatchObjective",
+    "RowCriterion", "SubsetObjective", "TensorRows", "make_objective", "shard_batches", "softmax_ce",
+    "split_heldout", "tensor_objective",
 ]

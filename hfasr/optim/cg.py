@@ -1,8 +1,7 @@
 """Preconditioned conjugate gradient with Martens' (2010) quadratic-progress stopping rule.
 
 Solves ``A x = b`` for SPD ``A`` given as a function, i.e. minimises
-``φ(x) = ½ xᵀ A x − bᵀ x``. Follows ``conjgrad_1.m`` of Martens' HF code (see the literature
-digest §3.3): negative-curvature guard, iterates stored at i = ⌈5·1.3^j⌉ (and the last one) for
+``φ(x) = ½ xᵀ A x − bᵀ x``. Follows ``conjgrad_1.m`` of Martens' published HF code: negative-curvature guard, iterates stored at i = ⌈5·1.3^j⌉ (and the last one) for
 CG-backtracking, stop when the relative progress of φ over the last k = max(10, ⌈0.1 i⌉)
 iterations falls below k·ε.
 """

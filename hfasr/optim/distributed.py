@@ -34,25 +34,39 @@ def all_reduce_(t: Tensor) -> Tensor:
     return t
 
 
-def all_reduce_scalars(*values: float, dtype=torch.float64) -> list[float]:
-    """Sum Python scalars over ranks (one collective for all of them)."""
+def all_reduce_scalars(*values: float, dtype=torch.float64, device: torch.device | str = "cpu") -> list[float]:
+    """Sum Python scalars over ranks in one collective (on ``device``, so that nccl works)."""
     if not is_distributed():
         return list(values)
-    t = torch.tensor(values, dtype=dtype)
+    t = torch.tensor(values, dtype=dtype, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
 
 class ReducedGaussNewton:
-    """Wraps a per-shard :class:`~hfasr.optim.gn.GaussNewton` whose normalizer is the global
-    count, summing its products (and preconditioner samples) over ranks."""
+    """G v of a curvature sample split over ranks: this rank's part (``local``, a Gauss-Newton
+    operator already divided by the *global* ``normalizer``, or None when this rank owns none of
+    the sample) summed over ranks."""
 
-    def __init__(self, local) -> None:
+    def __init__(self, local, normalizer: float, numel: int, like: Tensor, rank: int = 0) -> None:
         self.local = local
-        self.normalizer = local.normalizer
+        self.normalizer = float(normalizer)
+        self.numel = numel
+        self.like = like
+        self.rank = rank
+        self.structural = bool(getattr(local, "structural", False))
+
+    def _zeros(self) -> Tensor:
+        return torch.zeros(self.numel, dtype=self.like.dtype, device=self.like.device)
 
     def __call__(self, v: Tensor, structural_mu: float = 0.0) -> Tensor:
-        return all_reduce_(self.local(v, structural_mu))
+        out = self.local(v, structural_mu) if self.local is not None else self._zeros()
+        return all_reduce_(out)
 
     def sample_gradient(self, generator: torch.Generator) -> Tensor:
-        return all_reduce_(self.local.sample_gradient(generator))
+        # every rank draws the same seed from the shared generator (keeping it in step), then
+        # samples its own outputs with a rank-specific generator
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        g = torch.Generator().manual_seed(seed + 1_000_003 * self.rank)
+        out = self.local.sample_gradient(g) if self.local is not None else self._zeros()
+        return all_reduce_(out)

@@ -115,7 +115,9 @@ class GaussNewton:
         return (grads[0], grads[1:]) if self.structural else grads[0]
 
     def sample_gradient(self, generator: torch.Generator) -> Tensor:
-        """Jᵀ s with E[s sᵀ] = H_z: (Jᵀ s)² is an unbiased estimate of diag(G)·normalizer²."""
+        """Jᵀ s with E[s sᵀ] = H_z: (Jᵀ s)² is an unbiased estimate of diag(Jᵀ H_z J) =
+        diag(G)·normalizer (G carries one 1/normalizer), so the Chapelle-Erhan preconditioner
+        divides the squared samples by the normalizer once."""
         s = self.curvature.sample(generator)
         cot = (s, [torch.zeros_like(a) for a in self._zero_acts]) if self.structural else s
         return flatten(self._vjp(cot)[0])

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from hfasr.optim.cg import pcg
-from hfasr.optim.gn import GaussNewton, flatten, unflatten
+from hfasr.optim.gn import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Role = Literal["gradient", "curvature", "heldout"]
 
 @dataclass
 class HFConfig:
-    """Hyper-parameters of :class:`HessianFree` (defaults from Martens' code, digest §1/§15.5)."""
+    """Hyper-parameters of :class:`HessianFree` (defaults from Martens 2010 and his published code)."""
 
     damping: float = 1.0  # initial λ (G is normalised per frame/case; Martens' 45 was per case of an autoencoder)
     damping_min: float = 1e-8  # λ is kept in [damping_min, damping_max]
@@ -86,6 +86,23 @@ class HFConfig:
     dsag_drop: float = 2.0 / 3.0  # ... ×drop when it fell (bounded below by the SAG weight 1/S)
 
 
+class CurvatureOperator(Protocol):
+    """A linearized Gauss-Newton matrix G (PSD), as every objective's :meth:`HFObjective.curvature`
+    returns it: :class:`~hfasr.optim.gn.GaussNewton` (one batch), ``ModelGaussNewton`` (the
+    model's hand-written J v), ``SumGaussNewton`` (several batches) and
+    :class:`~hfasr.optim.distributed.ReducedGaussNewton` (summed over ranks)."""
+
+    normalizer: float  # G is the summed curvature divided by this (frames, utterances)
+
+    def __call__(self, v: Tensor, structural_mu: float = 0.0) -> Tensor:
+        """G v for a flat parameter-space vector v (plus μ·J_aᵀ D J_a v with structural damping)."""
+        ...
+
+    def sample_gradient(self, generator: torch.Generator) -> Tensor:
+        """Jᵀ s with E[s sᵀ] = H_z, unnormalised: (Jᵀ s)² / normalizer estimates diag(G)."""
+        ...
+
+
 class HFObjective(Protocol):
     """What :class:`HessianFree` needs from a problem; losses are means (per frame or case)."""
 
@@ -93,7 +110,7 @@ class HFObjective(Protocol):
         """(mean loss, flat mean gradient, flat mean of per-example squared gradients or None)."""
         ...
 
-    def curvature(self, generator: torch.Generator) -> GaussNewton:
+    def curvature(self, generator: torch.Generator) -> CurvatureOperator:
         """Sample the curvature batch and linearize the model on it at the current parameters."""
         ...
 
@@ -377,7 +394,7 @@ class HessianFree(torch.optim.Optimizer):
         log.info(stats.line())
         return stats
 
-    def _curvature_diag(self, gn: GaussNewton, g2: Tensor | None) -> Tensor:
+    def _curvature_diag(self, gn: CurvatureOperator, g2: Tensor | None) -> Tensor:
         """Estimate of diag(G): Martens' summed squared per-batch gradients, or Chapelle & Erhan's
         squared Jᵀs samples (E[ssᵀ] = H_z). Used by the preconditioner and the "diag" damping."""
         cfg = self.config

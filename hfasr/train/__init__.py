@@ -1,46 +1,36 @@
-"""Training of acoustic models (``hfasr train``).
+"""Training of acoustic models (``hfasr train``): an experiment runs a task with a driver.
 
-- :mod:`~hfasr.train.trainer`: :class:`TrainConfig`, :class:`Trainer` (epochs, dev reports,
-  checkpoints, exact resume), the optimizer / criterion registries and :func:`run_training`.
-- :mod:`~hfasr.train.ce`: frame cross-entropy (:class:`FrameCE`), dev evaluation, pdf priors.
+- :mod:`~hfasr.train.experiment`: the experiment driver, once for every task and driver: out
+  dir, resolved ``config.yaml``, checkpoints (``weights_only`` loading, declared resumable
+  keys), ``history.jsonl``, logging, distributed init, numerical errors.
+- :mod:`~hfasr.train.drivers`: :class:`HFDriver` (Hessian-free) and :class:`FirstOrderDriver`
+  (SGD / Adam with a learning-rate schedule); they know no speech.
+- Tasks (data, model, dev evaluation, batch criterion with its output-space curvature):
+  :mod:`~hfasr.train.ce` (frame CE on GMM alignments), :mod:`~hfasr.train.sequence`
+  (MMI / bMMI / MPE / sMBR on lattices), :mod:`~hfasr.train.ctc` (CTC from scratch).
 - :mod:`~hfasr.train.schedule`: constant / cosine / newbob learning-rate schedules.
-- :mod:`~hfasr.train.sequence`: lattice-based sequence training (MMI / bMMI / MPE / sMBR).
-- :mod:`~hfasr.train.ctc`: CTC training of BLSTM / MDLSTM / DNN with HF or Adam.
 """
 
-from hfasr.train.ce import FrameCE, compute_log_prior, evaluate_frames, prior_from_data, save_prior
+from hfasr.train.ce import CETask, FrameCE, TrainConfig, compute_log_prior, prior_from_data, run_training, save_prior
+from hfasr.train.drivers import FirstOrderConfig, FirstOrderDriver, HFDriver, HFTrainConfig, TrainingError
+from hfasr.train.experiment import Experiment, run_experiment
 from hfasr.train.schedule import NewBobConfig, make_schedule
-from hfasr.train.trainer import (
-    CRITERIA,
-    OPTIMIZERS,
-    EpochOptimizer,
-    TorchOptimizer,
-    TrainConfig,
-    TrainContext,
-    Trainer,
-    TrainingError,
-    register_criterion,
-    register_optimizer,
-    run_training,
-)
 
 __all__ = [
-    "CRITERIA",
-    "OPTIMIZERS",
-    "EpochOptimizer",
+    "CETask",
+    "Experiment",
+    "FirstOrderConfig",
+    "FirstOrderDriver",
     "FrameCE",
+    "HFDriver",
+    "HFTrainConfig",
     "NewBobConfig",
-    "TorchOptimizer",
     "TrainConfig",
-    "TrainContext",
-    "Trainer",
     "TrainingError",
     "compute_log_prior",
-    "evaluate_frames",
     "make_schedule",
     "prior_from_data",
-    "register_criterion",
-    "register_optimizer",
+    "run_experiment",
     "run_training",
     "save_prior",
 ]

@@ -1,71 +1,155 @@
-"""Frame-level cross-entropy: the criterion, dev-set evaluation and pdf priors.
+"""Frame cross-entropy training of a hybrid model on GMM alignments (``hfasr train --criterion ce``).
 
-:class:`FrameCE` is the ``ce`` criterion of ``hfasr train``: summed softmax cross-entropy of
-per-frame logits against pdf targets (frames with target :data:`~hfasr.data.frames.IGNORE_INDEX`
-are padding and count for nothing), plus the output-space curvature Hessian-free needs (the
-softmax Fisher, which is the exact Gauss-Newton block of CE).
+The task: the features of ``hfasr features`` with the pdf targets of ``hfasr gmm``'s
+alignments (:class:`~hfasr.data.frames.FrameData`), a DNN on spliced frames (examples = frames,
+:class:`~hfasr.data.utterances.FrameRows`) or a BLSTM / MDLSTM with a pdf softmax on whole
+utterances (one output per alignment frame, :class:`~hfasr.data.utterances.Utterances`), the
+criterion :class:`FrameCE` (summed softmax CE; its curvature is the softmax Fisher, the exact
+Gauss-Newton block of CE) and the dev set's frame CE (``dev_obj``) and accuracy.
 
-Priors: ``log_prior[k] = log max(count_k / N, floor)`` over the training alignments; hybrid
+Drivers: ``sgd`` / ``adam`` (the top-level first-order keys: ``epochs``, ``lr``,
+``lr_schedule``, ...; minibatches of ``batch_size`` shuffled frames, or of whole utterances up to
+``utt_batch_frames`` padded frames) and ``hf`` (section ``hf:``). Pdf priors
+(``log max(count_k / N, floor)`` over the training alignments) go to ``prior.pt``; hybrid
 decoding divides the posteriors by them (:func:`hfasr.models.compute_loglikes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hfasr.data.frames import IGNORE_INDEX, FrameData
+from hfasr.data.batching import Batch, make_batches
+from hfasr.data.frames import IGNORE_INDEX, FrameData, FrameDataConfig
+from hfasr.data.utterances import FrameRows, Utterances
+from hfasr.errors import ConfigError
+from hfasr.models import DNNConfig, build_model
+from hfasr.models.blstm import BLSTMConfig
+from hfasr.models.mdlstm import MDLSTMConfig
+from hfasr.optim import HFConfig
+from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
+from hfasr.train.schedule import NewBobConfig
 
 log = logging.getLogger(__name__)
 
+MODELS = ("dnn", "blstm", "mdlstm")
 
+
+# ---------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Options of ``hfasr train --criterion ce`` (YAML via ``--config``; resolved copy ``config.yaml``)."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("epochs", "hf.updates", "num_threads", "device")
+
+    criterion: str = "ce"  # training criterion (ce)
+    optimizer: Literal["sgd", "adam", "hf"] = "sgd"  # sgd (with momentum) | adam | hf (Hessian-free, section hf:)
+    model: Literal["dnn", "blstm", "mdlstm"] = "dnn"  # architecture; its hyper-parameters are the section of the same name
+    dnn: DNNConfig = field(default_factory=DNNConfig)  # DNN hyper-parameters
+    blstm: BLSTMConfig = field(default_factory=BLSTMConfig)  # --model blstm (subsample must be 1)
+    mdlstm: MDLSTMConfig = field(default_factory=MDLSTMConfig)  # --model mdlstm (time_patch must be 1)
+    data: FrameDataConfig = field(default_factory=FrameDataConfig)  # alignment/feature matching
+    train_split: str = "train"  # features <task>_feats_<split>, alignment ali_<split>.pt
+    dev_split: str = "dev"  # reported every epoch; drives the newbob schedule
+    epochs: int = 20  # sgd / adam: maximum number of epochs (newbob may stop earlier)
+    batch_size: int = 256  # sgd / adam, dnn: frames per minibatch (shuffled across utterances)
+    utt_batch_frames: int = 4000  # blstm / mdlstm: padded frames per batch of whole utterances
+    chunk_size: int = 8192  # dnn: frames per forward/backward chunk (HF passes, dev evaluation)
+    lr: float | None = None  # learning rate; null: the optimizer's default (sgd 0.1, adam 0.001)
+    lr_schedule: Literal["newbob", "cosine", "constant"] = "newbob"
+    min_lr: float = 0.0  # cosine: learning rate reached after the last epoch
+    newbob: NewBobConfig = field(default_factory=NewBobConfig)
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
+    weight_decay: float = 0.0  # L2 penalty added to the gradient (torch SGD / Adam weight_decay)
+    max_grad_norm: float = 0.0  # clip the gradient norm per minibatch; 0 = no clipping
+    prior_floor: float = 1e-5  # pdf priors: floor of count/total (pdfs unseen in training)
+    seed: int = 0  # model initialisation and frame order
+    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    # optimizer hf: updates in all, one dev report per updates_per_report; G v on a 2% frame sample
+    hf: HFTrainConfig = field(default_factory=lambda: HFTrainConfig(
+        updates=20, heldout_fraction=0.0, curvature_fraction=0.02, curvature_min=4096,
+        optimizer=HFConfig(cg_max_iters=100)))
+
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"sgd": 0.1, "adam": 1e-3}
+
+    def __post_init__(self) -> None:
+        if self.criterion != "ce":
+            raise ValueError(f"frame-level training needs criterion 'ce', got '{self.criterion}'")
+        if self.optimizer not in ("sgd", "adam", "hf"):
+            raise ValueError(f"unknown optimizer '{self.optimizer}' (known: sgd, adam, hf)")
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model '{self.model}' (known: {', '.join(MODELS)})")
+        rate_key = {"blstm": "subsample", "mdlstm": "time_patch"}.get(self.model)  # output frames per input frame
+        if rate_key and getattr(getattr(self, self.model), rate_key) != 1:
+            raise ValueError(f"{self.model}.{rate_key} must be 1 for frame-level (hybrid) training: one output "
+                             f"per alignment frame (got {getattr(getattr(self, self.model), rate_key)})")
+        for name in ("epochs", "batch_size", "utt_batch_frames", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must have two values, got {self.betas}")
+        if not self.prior_floor > 0:
+            raise ValueError(f"prior_floor must be > 0, got {self.prior_floor}")
+
+    def first_order(self) -> FirstOrderConfig:
+        """The first-order driver's settings (the top-level keys)."""
+        lr = self.lr if self.lr is not None else self.DEFAULT_LR.get(self.optimizer, 1.0)
+        return FirstOrderConfig(lr=lr, epochs=self.epochs, lr_schedule=self.lr_schedule, min_lr=self.min_lr,
+                                newbob=self.newbob, momentum=self.momentum, nesterov=self.nesterov,
+                                betas=list(self.betas), weight_decay=self.weight_decay,
+                                max_grad_norm=self.max_grad_norm, loss="mean")
+
+    def unused_sections(self) -> list[str]:
+        """Sections this run does not read (ignored on ``--resume``)."""
+        out = [m for m in MODELS if m != self.model]
+        return out + (["hf"] if self.optimizer != "hf" else
+                      ["epochs", "batch_size", "lr", "lr_schedule", "min_lr", "newbob", "momentum", "nesterov",
+                       "betas", "weight_decay", "max_grad_norm"])
+
+    def model_config(self, input_dim: int, num_outputs: int) -> dict[str, Any]:
+        """``{"arch", "input_dim", "num_outputs", **hyper-parameters}`` for :func:`build_model`."""
+        return {"arch": self.model, "input_dim": input_dim, "num_outputs": num_outputs,
+                **dataclasses.asdict(getattr(self, self.model))}
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.optimizer}-ce-{self.model}"
+
+
+# ---------------------------------------------------------------------------------------- criterion
 class FrameCE:
-    """Softmax cross-entropy per frame: ``loss(logits (..., K), targets (...)) -> (sum, frames)``."""
+    """Softmax cross-entropy per frame (a :class:`hfasr.optim.BatchCriterion`): the batch's
+    target holds pdf ids shaped like the logits without their last axis; frames with target
+    :data:`~hfasr.data.frames.IGNORE_INDEX` are padding and count for nothing."""
 
     name = "ce"
 
-    def loss(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, int]:
-        """Summed CE over valid frames and their number."""
-        logits = logits.reshape(-1, logits.shape[-1])
-        targets = targets.reshape(-1)
-        n = int((targets != IGNORE_INDEX).sum())
-        return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum"), n
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """Summed CE over the valid frames."""
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), batch.target.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
 
-    @staticmethod
-    def correct(logits: Tensor, targets: Tensor) -> int:
-        """Frames whose arg-max pdf is the target."""
-        return int((logits.argmax(-1) == targets).sum())
-
-    def curvature(self, logits: Tensor, targets: Tensor):
+    def curvature(self, outputs: Tensor, batch: Batch):
         """Softmax Fisher ``diag(y) − y yᵀ`` per valid frame (HF's Gauss-Newton block)."""
-        from hfasr.optim.curvature import SoftmaxFisher
+        from hfasr.criteria.curvature import SoftmaxFisher
 
-        return SoftmaxFisher(logits, mask=targets != IGNORE_INDEX)
-
-
-@torch.no_grad()
-def evaluate_frames(frame_fn: Callable[[Tensor], Tensor], data: FrameData, context: int,
-                    criterion: FrameCE | None = None, chunk: int = 8192,
-                    device: str | torch.device = "cpu") -> tuple[float, float]:
-    """Mean per-frame loss and frame accuracy of ``frame_fn`` (spliced rows → logits) on all
-    frames of ``data``, in order."""
-    criterion = criterion or FrameCE()
-    total, correct, count = 0.0, 0, 0
-    for rows, y in data.frame_batches(chunk, context, generator=None):
-        rows, y = rows.to(device), y.to(device)
-        z = frame_fn(rows)
-        loss, n = criterion.loss(z, y)
-        total += float(loss)
-        correct += criterion.correct(z, y)
-        count += n
-    return total / max(count, 1), correct / max(count, 1)
+        return SoftmaxFisher(outputs, mask=batch.target != IGNORE_INDEX)
 
 
+# ---------------------------------------------------------------------------------------- priors
 def compute_log_prior(counts: Tensor, floor: float = 1e-5) -> tuple[Tensor, int]:
     """``log max(count / total, floor)`` (float32) and the number of floored pdfs."""
     if floor <= 0:
@@ -89,3 +173,129 @@ def prior_from_data(data: FrameData, floor: float = 1e-5) -> Tensor:
         log.info("prior: %d of %d pdfs below the floor %g (unseen in training: %d)", floored,
                  data.num_pdfs, floor, int((data.pdf_counts() == 0).sum()))
     return log_prior
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+def utterance_collate(data: FrameData, device: torch.device | str) -> Callable[[list[int]], Batch]:
+    """``collate(utterance indices) -> Batch`` of padded utterances of ``data``: inputs
+    ``(feats (B, T, F), lengths)``, targets (B, T) with :data:`IGNORE_INDEX` at padding."""
+
+    def collate(idx: list[int]) -> Batch:
+        ub = data.collate(idx)
+        return Batch((ub.feats.to(device), ub.lengths), ub.targets.to(device), int(ub.lengths.sum()),
+                     names=ub.cut_ids)
+
+    return collate
+
+
+@torch.no_grad()
+def evaluate_frames(model, data: FrameData, criterion: FrameCE | None = None, chunk: int = 8192,
+                    device: torch.device | str = "cpu", max_frames: int = 4000) -> tuple[float, float]:
+    """Mean per-frame CE and frame accuracy of ``model`` on all frames of ``data``: spliced frame
+    rows in chunks for a frame-level model (one with ``frames()``), else whole utterances."""
+    criterion = criterion or FrameCE()
+    was = model.training
+    model.eval()
+    if hasattr(model, "frames"):
+        fn, rows = model.frames(), FrameRows(data, model.context, chunk, device)
+        plan, get = rows.plan(), rows.batch
+    else:
+        fn, collate = model, utterance_collate(data, device)
+        plan, get = make_batches(data.lengths.tolist(), max_frames), collate
+    total, correct, count = 0.0, 0, 0
+    try:
+        for idx in plan:
+            batch = get(idx)
+            z = fn(*batch.inputs)
+            if z.shape[:-1] != batch.target.shape:
+                raise ConfigError(f"frame-level training needs one output per frame; {type(model).__name__} "
+                                  f"gives {tuple(z.shape[:-1])} for targets {tuple(batch.target.shape)}")
+            total += float(criterion.loss(z.float(), batch))
+            correct += int(((z.argmax(-1) == batch.target) & (batch.target != IGNORE_INDEX)).sum())
+            count += batch.count
+    finally:
+        model.train(was)
+    return total / max(count, 1), correct / max(count, 1)
+
+
+# ---------------------------------------------------------------------------------------- the task
+class CETask:
+    """Frame CE on GMM alignments (module docstring). ``net`` is the model that is saved;
+    ``model`` the module the drivers call (the DNN on spliced rows, or ``net`` itself)."""
+
+    structural = False
+
+    def __init__(self, cfg: TrainConfig, train: FrameData, dev: FrameData, device: torch.device,
+                 cmvn: tuple[Tensor, Tensor] | None = None) -> None:
+        if dev.num_pdfs != train.num_pdfs or dev.feat_dim != train.feat_dim:
+            raise ConfigError(f"dev set has {dev.num_pdfs} pdfs / {dev.feat_dim}-dim features, "
+                              f"training set {train.num_pdfs} / {train.feat_dim}")
+        self.cfg, self.train, self.dev, self.device = cfg, train, dev, device
+        self.run_name, self.model_name = cfg.run_name, cfg.model
+        torch.manual_seed(cfg.seed)
+        self.net = build_model(cfg.model_config(train.feat_dim, train.num_pdfs))
+        if cmvn is not None:
+            self.net.set_cmvn(*cmvn)
+        self.net.to(device)
+        self.criterion = FrameCE()
+        self.frame_level = hasattr(self.net, "frames") and hasattr(self.net, "context")
+        if self.frame_level:
+            # the drivers train the module on spliced rows; it shares the DNN's parameters
+            self.model = self.net.frames()
+            self.train_data: Any = FrameRows(train, self.net.context, cfg.chunk_size, device)
+        else:
+            self.model = self.net
+            self.train_data = Utterances(train.lengths.tolist(), utterance_collate(train, device),
+                                         cfg.utt_batch_frames)
+
+    def minibatches(self, generator: torch.Generator) -> list:
+        if self.frame_level:
+            return self.train_data.shuffled(generator, self.cfg.batch_size)
+        return self.train_data.shuffled(generator)
+
+    def evaluate(self) -> dict[str, float]:
+        loss, acc = evaluate_frames(self.net, self.dev, self.criterion, self.cfg.chunk_size, self.device,
+                                    self.cfg.utt_batch_frames)
+        return {"dev_obj": loss, "dev_acc": acc}
+
+    def summary(self) -> str:
+        return (f"{len(self.train)} train utterances ({self.train.num_frames} frames), {len(self.dev)} dev "
+                f"({self.dev.num_frames} frames), {self.train.num_pdfs} pdfs")
+
+    def after_report(self, update: int, finished: bool, log_line) -> None:
+        pass
+
+    def write_files(self, out: Path) -> None:
+        save_prior(out / "prior.pt", prior_from_data(self.train, self.cfg.prior_floor))
+
+    def final_info(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def run_training(cfg: TrainConfig, data_dir: str | Path, task: str, ali_dir: str | Path, out_dir: str | Path,
+                 resume: bool = False, progress: bool = True):
+    """``hfasr train --criterion ce``: load the data, train (resuming from ``<out>/checkpoint.pt``
+    with ``resume``), write ``config.yaml``, ``prior.pt`` and ``final.pt``. Returns the
+    :class:`~hfasr.train.experiment.Experiment`."""
+    from hfasr.data.features import load_stats
+    from hfasr.train.experiment import run_experiment
+
+    def build(exp) -> CETask:
+        train = FrameData.load(data_dir, task, cfg.train_split, ali_dir, cfg.data, progress=exp.progress)
+        dev = FrameData.load(data_dir, task, cfg.dev_split, ali_dir, cfg.data, progress=exp.progress)
+        cmvn = load_stats(Path(data_dir) / f"{task}_stats.pt")
+        if getattr(getattr(cfg, cfg.model), "utt_cmn", False):
+            # the model removes each utterance's mean itself (forward); the frame-level training
+            # data must match, and the global CMVN is then taken over the mean-removed frames
+            for d in (train, dev):
+                d.apply_utterance_cmn()
+            cmvn = (train.feats.mean(0), train.feats.std(0).clamp(min=1e-5))
+        return CETask(cfg, train, dev, exp.device, cmvn)
+
+    return run_experiment(cfg, build, out_dir, resume, progress)

@@ -3,11 +3,11 @@
 # speakers) and connected digits built from them (held-out speakers; the main real-data task).
 #   0 download  fetch the FSDD archive (only when --corpus-dir is not given)
 #   1 prepare   fsdd_iso, fsdd_spk, fsdd_conn manifests
-#   2 features  fbank (lilcom) + global CMVN stats
-#   3-9         lang, GMM, CE DNN, decoding, lattices, sequence training (--seq-runs),
-#               WER table and sequence-training report (tools/hybrid.sh) for each task
-#   10-11       CTC training of each run of --ctc-runs (BLSTM / MDLSTM with HF / Adam,
-#               conf/ctc_<run>.yaml) and greedy / TLG decoding, WER table (tools/ctc.sh)
+#   2 features  fbank (lilcom) + global CMVN stats of the three tasks
+#   3-9         on fsdd_conn: lang, GMM, CE DNN, decoding, lattices, sequence training
+#               (--seq-runs), WER table and sequence-training report (tools/hybrid.sh)
+#   10-11       on fsdd_conn: CTC training of each run of --ctc-runs (BLSTM / MDLSTM with HF /
+#               Adam, conf/ctc_<run>.yaml) and greedy / TLG decoding, WER table (tools/ctc.sh)
 # Usage: recipes/fsdd/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M] [--data DIR] [--exp DIR] [--conf DIR] [--seq-runs "smbr_hf mmi_hf smbr_sgd"] [--ctc-runs "blstm_hf blstm_adam mdlstm_hf mdlstm_adam"]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,0 +1,274 @@
+"""The experiment driver of ``hfasr train``: everything a training run does besides training.
+
+:func:`run_experiment` owns, once for every task and driver:
+
+- the out dir: refuses to overwrite a run (``checkpoint.pt``) without ``--resume``; writes the
+  resolved ``config.yaml`` and the task's files (``prior.pt``, ``tokens.txt``);
+- distributed init (``torchrun``: WORLD_SIZE / RANK / LOCAL_RANK; gloo on CPU, nccl with
+  ``device: cuda``, each rank on ``cuda:LOCAL_RANK``); only rank 0 writes files and logs;
+- the report loop: after the initial model and after every stretch of the driver, the task's
+  dev evaluation becomes one :data:`history.jsonl <Record>` line (the one record type
+  ``hfasr report`` reads) and one ``report ...`` line on stdout and in ``train.log``; every HF
+  update is logged once (its ``hf-update`` line);
+- checkpoints: ``checkpoint.pt`` written atomically after every report with everything needed
+  to resume exactly (model, driver, task state, history, training wall time), loaded with
+  ``torch.load(weights_only=True)`` only, and refused when the config differs in a key that
+  its class does not declare resumable (``RESUMABLE``);
+- errors: a non-finite loss or dev objective stops with ``error:`` naming the update or
+  minibatch (and its utterances where known); the last checkpoint stays intact;
+- ``final.pt``: the model of the last accepted report, with the task's decoding metadata.
+
+``wall_s`` in the history counts training time only (the driver's stretches and the task's
+between-report work such as lattice regeneration), not the dev reports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from hfasr.errors import ConfigError, DataError, HfasrError
+from hfasr.optim.distributed import rank as dist_rank
+from hfasr.optim.distributed import world_size
+from hfasr.train.drivers import FirstOrderDriver, HFDriver, TrainingError
+
+log = logging.getLogger(__name__)
+
+# The fields of a history.jsonl record (absent ones are null / left out):
+# run, criterion, optimizer, model, update, epoch, wall_s, note, lr, accepted,
+# dev_obj (the task's dev objective, per frame or utterance), dev_acc, dev_wer, dev_ter,
+# train_obj, heldout_obj, damping, cg_iters, rho, gv_products.
+RECORD_KEYS = ("run", "criterion", "optimizer", "model", "update", "epoch", "wall_s", "note", "lr", "accepted",
+               "dev_obj", "dev_acc", "dev_wer", "dev_ter", "train_obj", "heldout_obj", "damping", "cg_iters",
+               "rho", "gv_products")
+
+
+# ---------------------------------------------------------------------------------------- config view
+def flat_config(cfg: Any) -> dict[str, Any]:
+    """The config as ``{"section.key": value}`` (as read from YAML)."""
+    from hfasr.config import _plain
+
+    out: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[prefix + k] = v
+
+    walk(_plain(cfg), "")
+    return out
+
+
+def resume_view(cfg: Any) -> dict[str, Any]:
+    """The keys compared on ``--resume``: all but ``cfg.RESUMABLE`` (keys or sections that may
+    change) and the sections the run does not read (``cfg.unused_sections()``)."""
+    skip = tuple(getattr(cfg, "RESUMABLE", ())) + tuple(cfg.unused_sections())
+    return {k: v for k, v in flat_config(cfg).items() if not any(k == s or k.startswith(s + ".") for s in skip)}
+
+
+# ---------------------------------------------------------------------------------------- distributed
+def init_distributed(device: str) -> bool:
+    """Join the ``torchrun`` process group (gloo; nccl for a CUDA device); True if created here."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def _barrier() -> None:
+    if world_size() > 1:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------- experiment
+class Experiment:
+    """One training run in ``out_dir`` (module docstring). ``cfg`` needs ``criterion``,
+    ``optimizer``, ``seed``, ``num_threads``, ``device``, an ``hf`` section, ``first_order()``,
+    ``RESUMABLE`` and ``unused_sections()``."""
+
+    def __init__(self, cfg: Any, out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.ckpt = self.out / "checkpoint.pt"
+        self.rank, self.world = dist_rank(), world_size()
+        self.progress = progress and self.rank == 0
+        if self.ckpt.is_file() and not resume:
+            raise HfasrError(f"{self.out} already holds a training run (checkpoint.pt): pass --resume to continue "
+                             "it, or choose another --out")
+        self.resume = resume and self.ckpt.is_file()
+        _barrier()  # every rank has checked before rank 0 writes anything
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device '{cfg.device}' requested but CUDA is not available")
+            if self.world > 1 and self.device.index is None:
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if self.world > 1 and cfg.optimizer != "hf":
+            raise ConfigError(f"distributed training ({self.world} processes) supports optimizer hf only, "
+                              f"not '{cfg.optimizer}'")
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.history: list[dict[str, Any]] = []
+        self.wall = 0.0
+
+    # --- output ---------------------------------------------------------------------------------
+    def log_line(self, text: str) -> None:
+        """One line to stdout (above any progress bar) and to ``train.log`` (rank 0 only)."""
+        if self.rank != 0:
+            return
+        tqdm.write(text)
+        with (self.out / "train.log").open("a") as f:
+            f.write(text + "\n")
+
+    def _write_history(self, mode: str, records: list[dict[str, Any]]) -> None:
+        if self.rank == 0:
+            with (self.out / "history.jsonl").open(mode) as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def make_driver(self, task) -> Any:
+        cfg = self.cfg
+        if cfg.optimizer == "hf":
+            return HFDriver(task, cfg.hf, cfg.seed, log_line=self.log_line)
+        return FirstOrderDriver(task, cfg.first_order(), cfg.optimizer, cfg.seed, progress=self.progress)
+
+    def run(self, task, max_wall: float | None = None) -> Any:
+        """Train ``task`` with the configured driver (stopping early, at a report, once the
+        training wall time reaches ``max_wall`` seconds); returns the driver."""
+        from hfasr.config import save_config
+
+        driver = self.make_driver(task)
+        if self.resume:
+            self.load_checkpoint(task, driver)
+            self.log_line(f"# resumed from {self.ckpt} at update {driver.update}")
+        if self.rank == 0:
+            save_config(self.cfg, self.out / "config.yaml")
+            task.write_files(self.out)
+        if not self.history:
+            self._write_history("w", [])
+            self.log_line(f"# {task.run_name}: {task.summary()}, "
+                          f"{sum(p.numel() for p in task.net.parameters())} parameters")
+            rec = self.report(task, driver, {"note": "init"}, initial=True)
+            if isinstance(driver, FirstOrderDriver):
+                driver.start(rec["dev_obj"])
+            self.save_checkpoint(task, driver)
+        while not driver.finished and (max_wall is None or self.wall < max_wall):
+            _barrier()  # start together: a rank still in its dev report would count as our time
+            t0 = time.perf_counter()
+            stats = driver.advance()
+            self.wall += time.perf_counter() - t0
+            self.report(task, driver, stats)
+            t0 = time.perf_counter()
+            task.after_report(driver.update, driver.finished, self.log_line)
+            self.wall += time.perf_counter() - t0
+            self.save_checkpoint(task, driver)
+        return driver
+
+    def report(self, task, driver, stats: dict[str, Any], initial: bool = False) -> dict[str, Any]:
+        ev = task.evaluate()
+        if not math.isfinite(ev["dev_obj"]):
+            raise TrainingError(f"non-finite dev objective at update {driver.update}; (the last checkpoint is "
+                                "intact)")
+        extra = {} if initial else driver.end_report(ev["dev_obj"])
+        rec = {"run": task.run_name, "criterion": self.cfg.criterion, "optimizer": self.cfg.optimizer,
+               "model": task.model_name, "update": driver.update, "wall_s": round(self.wall, 3), **stats, **ev,
+               **extra}
+        rec = {k: rec[k] for k in RECORD_KEYS if rec.get(k) is not None}
+        self.history.append(rec)
+        self._write_history("a", [rec])
+        parts = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
+                         if k not in ("run", "criterion", "optimizer", "model"))
+        self.log_line(f"report {task.run_name} {parts}")
+        return rec
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self, task, driver) -> dict[str, Any]:
+        model = task.net
+        return {"model_config": dict(model.model_config), "state_dict": model.state_dict(),
+                "driver": driver.state_dict(), "task": task.state_dict(), "history": list(self.history),
+                "wall": self.wall, "torch_rng": torch.get_rng_state(), "config": resume_view(self.cfg)}
+
+    def save_checkpoint(self, task, driver) -> None:
+        from hfasr.models import atomic_save
+
+        if self.rank == 0:
+            atomic_save(self.state_dict(task, driver), self.ckpt)
+
+    def load_checkpoint(self, task, driver) -> None:
+        """Restore everything from ``checkpoint.pt`` (``weights_only=True``: a file holding
+        pickled code is refused, nothing in it runs)."""
+        from hfasr.models import load_checkpoint
+
+        st = load_checkpoint(self.ckpt)
+        if "driver" not in st or "config" not in st:
+            raise DataError(f"{self.ckpt}: not a training checkpoint of this hfasr version (no driver state); "
+                            "use another --out")
+        old, new = st["config"], resume_view(self.cfg)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            detail = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+            allowed = ", ".join(getattr(self.cfg, "RESUMABLE", ()))
+            raise ConfigError(f"{self.ckpt} was written with a different config ({detail}); only {allowed} may "
+                              "change on --resume (or use another --out)")
+        task.net.load_state_dict(st["state_dict"])
+        driver.load_state_dict(st["driver"])
+        task.load_state_dict(st["task"])
+        self.history = list(st["history"])
+        self.wall = float(st["wall"])
+        torch.set_rng_state(st["torch_rng"])
+        # history.jsonl may hold lines written after the checkpoint: rewrite it from the state
+        self._write_history("w", self.history)
+
+    # --- the end --------------------------------------------------------------------------------
+    def final_record(self) -> dict[str, Any]:
+        """The last accepted report (whose model ``final.pt`` holds)."""
+        accepted = [h for h in self.history if h.get("accepted", True)]
+        return accepted[-1] if accepted else self.history[-1]
+
+    def save_final(self, task) -> Path:
+        from hfasr.models import save_model
+
+        last = self.final_record()
+        path = self.out / "final.pt"
+        if self.rank == 0:
+            info = {k: last[k] for k in ("update", "epoch", "dev_obj", "dev_acc", "dev_wer") if k in last}
+            save_model(path, task.net, criterion=self.cfg.criterion, optimizer=self.cfg.optimizer,
+                       **info, **task.final_info())
+        metrics = " ".join(f"{k}={last[k]:.6g}" for k in ("dev_obj", "dev_acc", "dev_wer") if k in last)
+        self.log_line(f"# final.pt: update {last['update']} {metrics} wall_s={self.wall:.1f}")
+        return path
+
+
+def run_experiment(cfg: Any, build_task: Callable[[Experiment], Any], out_dir: str | Path, resume: bool = False,
+                   progress: bool = True) -> Experiment:
+    """``hfasr train``: join the process group if launched by ``torchrun``, build the task
+    (``build_task(experiment)`` loads data and the model), train, write ``final.pt``. Returns
+    the experiment (``.history``, ``.wall``, ``.task``)."""
+    created = init_distributed(cfg.device)
+    try:
+        exp = Experiment(cfg, out_dir, resume, progress)
+        exp.task = build_task(exp)
+        exp.driver = exp.run(exp.task)
+        exp.save_final(exp.task)
+        return exp
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
