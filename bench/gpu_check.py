@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 
 import torch
-
-from hfasr.criteria.sequence import SequenceConfig, SequenceCriterion, SeqSupervision
-from hfasr.lattice import LatticeBatch
 from lattice_utils import random_lattice
+
+from hfasr.criteria.sequence import SeqSupervision, SequenceConfig, SequenceCriterion
+from hfasr.lattice import LatticeBatch
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(3):
-            a, b_, logz, post = lb.forward_backward(w)
+            _, _, logz, post = lb.forward_backward(w)
         if device == "cuda":
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / 3
@@ -77,7 +77,7 @@ def main() -> None:
         params = list(dnn.parameters())
         names = [n for n, _ in dnn.named_parameters()]
 
-        def grad():
+        def grad(dnn=dnn, x=x, y=y, params=params):
             torch.autograd.grad(nn.functional.cross_entropy(dnn(x), y, reduction="sum"), params)
 
         def timeit(f, r=20):
@@ -88,9 +88,9 @@ def main() -> None:
             return (time.perf_counter() - t0) / r
 
         tg = timeit(grad)
-        gn = GaussNewton(lambda ps: functional_call(dnn, dict(zip(names, ps)), (x,)), [p.detach() for p in params], SoftmaxFisher, frames)
+        gn = GaussNewton(lambda ps, dnn=dnn, names=names, x=x: functional_call(dnn, dict(zip(names, ps)), (x,)), [p.detach() for p in params], SoftmaxFisher, frames)
         v = torch.randn(sum(p.numel() for p in params), device=dev)
-        tv = timeit(lambda: gn(v))
+        tv = timeit(lambda gn=gn, v=v: gn(v))
         print(f"DNN 5x1024 sigmoid, {frames} frames: grad {1e3 * tg:.2f} ms ({frames / tg / 1e6:.2f} M frames/s), Gv {1e3 * tv:.2f} ms, Gv/grad {tv / tg:.2f}")
 
 

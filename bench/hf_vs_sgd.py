@@ -23,13 +23,14 @@ import torch
 
 
 def gv_ratio(frames: int = 1024) -> float:
+    import time
+
     from torch import nn
     from torch.func import functional_call
 
-    from hfasr.models import DNN
     from hfasr.criteria.curvature import SoftmaxFisher
+    from hfasr.models import DNN
     from hfasr.optim import GaussNewton
-    import time
 
     m = DNN(40, 100, hidden_dim=256, num_layers=4, context=5)
     rows = torch.randn(frames, m.spliced_dim)

@@ -11,10 +11,10 @@ so the order below is the only one ever used. ``kaldilm`` comes last.
 
 from __future__ import annotations
 
-import kaldi_decoder  # noqa: F401  (first: see the module docstring)
-import kaldifst  # noqa: F401
-import kaldi_hmm_gmm as khg  # noqa: F401
-import kaldialign  # noqa: F401
-import kaldilm  # noqa: F401  (last)
+import kaldi_decoder
+import kaldi_hmm_gmm as khg
+import kaldialign
+import kaldifst
+import kaldilm
 
-__all__ = ["kaldi_decoder", "kaldifst", "khg", "kaldialign", "kaldilm"]
+__all__ = ["kaldi_decoder", "kaldialign", "kaldifst", "kaldilm", "khg"]

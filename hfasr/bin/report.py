@@ -1,21 +1,22 @@
-"""``hfasr report EXP_DIR [EXP_DIR ...] --out PREFIX``: compare sequence-training runs.
+"""``hfasr report EXP_DIR [EXP_DIR ...] --out PREFIX``: compare training runs of any criterion.
 
-Each ``EXP_DIR`` holds ``history.jsonl``, one JSON object per evaluation point::
+Each ``EXP_DIR`` holds ``history.jsonl`` (written by ``hfasr train`` for every criterion and
+optimizer, :mod:`hfasr.train.experiment`), one JSON object per report::
 
     {"run": "hf-smbr", "optimizer": "hf", "criterion": "smbr", "update": 3, "wall_s": 812.4,
      "dev_obj": -0.8312, "heldout_obj": -0.83, "train_obj": -0.85, "dev_acc": 0.71, "dev_wer": 9.4}
 
-``run`` (label), ``optimizer`` (``hf`` / ``sgd`` / ...), ``criterion`` (``smbr`` / ``mmi`` /
-...), ``update`` (HF update or SGD epoch; 0 = the initial CE model), ``wall_s`` (cumulative
-training seconds) and ``dev_obj`` (dev sequence objective per frame, lower is better) are
-required; ``heldout_obj``, ``train_obj``, ``dev_acc`` and ``dev_wer`` (percent) may be missing
+``run`` (label), ``optimizer`` (``hf`` / ``sgd`` / ``adam``), ``criterion`` (``ce`` / ``smbr`` /
+``mmi`` / ``ctc`` / ...), ``update`` (HF update or first-order report; 0 = the initial model),
+``wall_s`` (cumulative training seconds) and ``dev_obj`` (the criterion's dev objective, lower
+is better) are required; ``heldout_obj``, ``train_obj``, ``dev_acc`` and ``dev_wer`` (percent) may be missing
 or null. Blank lines are skipped; unknown keys are ignored; one file holds one run (one
 ``run`` label). A repeated ``update`` (a resumed run) replaces the earlier line. An optional
 ``EXP_DIR/decode_test/wer.txt`` (Kaldi ``%WER`` line and ``95% CI [lo, hi]``, as written by
 ``hfasr decode`` / ``hfasr score``) gives the test WER.
 
-Writes ``PREFIX.png`` (dev objective and dev WER against updates and against wall time, one
-line per run) and ``PREFIX.md`` (also printed): a table per run and, for every ordered pair of
+Writes ``PREFIX.png`` (dev objective, one row per criterion, and dev WER against updates and
+against wall time, one line per run) and ``PREFIX.md`` (also printed): a table per run and, for every ordered pair of
 runs with the same criterion, the wall time each needs to first reach the other's final dev
 objective (:func:`time_to_target`) and the ratio of the two times.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 from hfasr.bin.results import parse_wer
 from hfasr.errors import DataError
 
-HELP = "plots and tables comparing sequence-training runs (objective / WER vs updates and wall time)"
+HELP = "plots and tables comparing training runs (dev objective / WER vs updates and wall time)"
 
 REQUIRED = {"run": str, "optimizer": str, "criterion": str, "update": int, "wall_s": float, "dev_obj": float}
 OPTIONAL = ("heldout_obj", "train_obj", "dev_acc", "dev_wer")
@@ -211,21 +212,25 @@ def markdown(runs: list[Run]) -> str:
 
 
 def plot(runs: list[Run], path: str | Path) -> None:
-    """2x2 PNG: dev objective and dev WER against update and against wall time."""
+    """PNG: the dev objective (one row per criterion: objectives of different criteria are not
+    comparable) and the dev WER (all runs), against update and against wall time."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(11, 8), layout="constrained")
+    criteria = list(dict.fromkeys(r.criterion for r in runs))
+    rows = [("dev_obj", f"{c} dev objective (lower is better)", c) for c in criteria] + [("dev_wer", "dev %WER", None)]
+    fig = Figure(figsize=(11, 4 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
-    for row, (key, ylabel) in enumerate([("dev_obj", "dev objective / frame (lower is better)"),
-                                         ("dev_wer", "dev %WER")]):
-        for col, (xkey, xlabel) in enumerate([("update", "update (HF update / SGD report)"),
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for row, (key, ylabel, criterion) in enumerate(rows):
+        for col, (xkey, xlabel) in enumerate([("update", "update (HF update / first-order report)"),
                                               ("wall_s", "wall time (s)")]):
             ax = axes[row][col]
             drawn = False
             for r in runs:
+                if criterion is not None and r.criterion != criterion:
+                    continue
                 pts = [p for p in r.points if getattr(p, key) is not None]
                 if pts:
                     ax.plot([getattr(p, xkey) for p in pts], [getattr(p, key) for p in pts], marker="o",
@@ -245,7 +250,7 @@ def plot(runs: list[Run], path: str | Path) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("exp_dirs", nargs="+", type=Path, metavar="EXP_DIR",
-                   help="sequence-training experiment dirs, each with history.jsonl")
+                   help="training experiment dirs (hfasr train --out), each with history.jsonl")
     p.add_argument("--out", required=True, type=Path, metavar="OUT_PREFIX",
                    help="writes OUT_PREFIX.png and OUT_PREFIX.md")
 

@@ -5,4 +5,4 @@ Gauss-Newton block) that HF needs. Import the lattice-based sequence criteria fr
 from hfasr.criteria.ctc import CtcLoss, TokenTable, ctc_curvature, ctc_loss
 from hfasr.criteria.curvature import SoftmaxFisher, SquaredError, Sum
 
-__all__ = ["CtcLoss", "TokenTable", "ctc_curvature", "ctc_loss", "SoftmaxFisher", "SquaredError", "Sum"]
+__all__ = ["CtcLoss", "SoftmaxFisher", "SquaredError", "Sum", "TokenTable", "ctc_curvature", "ctc_loss"]

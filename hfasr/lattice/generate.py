@@ -213,7 +213,7 @@ def load_lattices(path: str | Path) -> dict:
         raise DataError(f"lattice file not found: {path}; run `hfasr lattices` first")
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling error is a bad file
+    except Exception as e:
         raise DataError(f"{path}: cannot read lattice file: {e}") from e
     need = ("cut_ids", "lattices", "tid2pdf", "tid2phone", "silence_phones", "acoustic_scale")
     if not isinstance(d, dict) or any(k not in d for k in need):

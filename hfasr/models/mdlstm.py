@@ -55,8 +55,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hfasr.models.blstm import (frame_mask, reverse_index, reverse_padded, split_tangents, stack_frames,
-                                stacked_lengths)
+from hfasr.models.blstm import (
+    frame_mask,
+    reverse_index,
+    reverse_padded,
+    split_tangents,
+    stack_frames,
+    stacked_lengths,
+)
 
 #: (time reversed, frequency reversed) of the four scan directions.
 DIRECTIONS: tuple[tuple[bool, bool], ...] = ((False, False), (False, True), (True, False), (True, True))

@@ -15,8 +15,9 @@ One :meth:`HessianFree.step` is one HF update:
 
 The optimizer knows nothing of speech: an :class:`HFObjective` supplies losses, gradients and the
 curvature batch. Everything needed to resume exactly (λ, the warm-start direction, the RNG
-state, counters) is in :meth:`HessianFree.state_dict`. Each update logs one grep-able line
-starting with ``hf-update``.
+state, counters) is in :meth:`HessianFree.state_dict`. :meth:`HFStats.line` is one grep-able
+line per update starting with ``hf-update`` (``hfasr train`` writes it to stdout and
+``train.log``; the optimizer itself logs it at DEBUG level only).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Protocol
 
 import torch
@@ -391,7 +392,7 @@ class HessianFree(torch.optim.Optimizer):
         stats.evals = dict(counts)
         self.updates += 1
         self.history.append(stats)
-        log.info(stats.line())
+        log.debug(stats.line())  # the training driver logs it (once) with its own output
         return stats
 
     def _curvature_diag(self, gn: CurvatureOperator, g2: Tensor | None) -> Tensor:

@@ -43,9 +43,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from hfasr.optim.curvature import OutputCurvature
-from hfasr.optim.distributed import ReducedGaussNewton, all_reduce_, all_reduce_scalars, is_distributed
+from hfasr.optim.distributed import (
+    ReducedGaussNewton,
+    all_reduce_,
+    all_reduce_scalars,
+    is_distributed,
+    world_size,
+)
 from hfasr.optim.distributed import rank as dist_rank
-from hfasr.optim.distributed import world_size
 from hfasr.optim.gn import GaussNewton, ModelGaussNewton, SumGaussNewton, flatten
 
 CURVATURE_MAX_PADDING = 0.1  # curvature batches: padded frames ≤ 1.1 × real frames
@@ -314,7 +319,7 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     """``(held-out, rest)`` example indices, each sorted: a random ``round(fraction · n)`` held
     out, drawn with ``torch.Generator().manual_seed(seed)``."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    k = int(round(fraction * n))
+    k = round(fraction * n)
     return sorted(perm[:k]), sorted(perm[k:])
 
 

@@ -11,8 +11,22 @@
 - :mod:`~hfasr.train.schedule`: constant / cosine / newbob learning-rate schedules.
 """
 
-from hfasr.train.ce import CETask, FrameCE, TrainConfig, compute_log_prior, prior_from_data, run_training, save_prior
-from hfasr.train.drivers import FirstOrderConfig, FirstOrderDriver, HFDriver, HFTrainConfig, TrainingError
+from hfasr.train.ce import (
+    CETask,
+    FrameCE,
+    TrainConfig,
+    compute_log_prior,
+    prior_from_data,
+    run_training,
+    save_prior,
+)
+from hfasr.train.drivers import (
+    FirstOrderConfig,
+    FirstOrderDriver,
+    HFDriver,
+    HFTrainConfig,
+    TrainingError,
+)
 from hfasr.train.experiment import Experiment, run_experiment
 from hfasr.train.schedule import NewBobConfig, make_schedule
 

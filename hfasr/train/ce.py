@@ -36,7 +36,7 @@ from hfasr.models.blstm import BLSTMConfig
 from hfasr.models.mdlstm import MDLSTMConfig
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
-from hfasr.train.schedule import NewBobConfig
+from hfasr.train.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,16 @@ MODELS = ("dnn", "blstm", "mdlstm")
 
 # ---------------------------------------------------------------------------------------- config
 @dataclass
-class TrainConfig:
-    """Options of ``hfasr train --criterion ce`` (YAML via ``--config``; resolved copy ``config.yaml``)."""
+class TrainConfig(FirstOrderConfig):
+    """Options of ``hfasr train --criterion ce`` (YAML via ``--config``; resolved copy ``config.yaml``).
+
+    The first-order keys (``lr``, ``epochs``, ``lr_schedule``, ``newbob``, ``momentum``,
+    ``betas``, ...) are those of :class:`~hfasr.train.drivers.FirstOrderConfig`, at top level."""
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("epochs", "hf.updates", "num_threads", "device")
 
+    lr: float | None = None  # learning rate; null: the optimizer's default (sgd 0.1, adam 0.001)
+    lr_schedule: Literal["newbob", "cosine", "constant"] = "newbob"
     criterion: str = "ce"  # training criterion (ce)
     optimizer: Literal["sgd", "adam", "hf"] = "sgd"  # sgd (with momentum) | adam | hf (Hessian-free, section hf:)
     model: Literal["dnn", "blstm", "mdlstm"] = "dnn"  # architecture; its hyper-parameters are the section of the same name
@@ -59,19 +64,9 @@ class TrainConfig:
     data: FrameDataConfig = field(default_factory=FrameDataConfig)  # alignment/feature matching
     train_split: str = "train"  # features <task>_feats_<split>, alignment ali_<split>.pt
     dev_split: str = "dev"  # reported every epoch; drives the newbob schedule
-    epochs: int = 20  # sgd / adam: maximum number of epochs (newbob may stop earlier)
     batch_size: int = 256  # sgd / adam, dnn: frames per minibatch (shuffled across utterances)
     utt_batch_frames: int = 4000  # blstm / mdlstm: padded frames per batch of whole utterances
     chunk_size: int = 8192  # dnn: frames per forward/backward chunk (HF passes, dev evaluation)
-    lr: float | None = None  # learning rate; null: the optimizer's default (sgd 0.1, adam 0.001)
-    lr_schedule: Literal["newbob", "cosine", "constant"] = "newbob"
-    min_lr: float = 0.0  # cosine: learning rate reached after the last epoch
-    newbob: NewBobConfig = field(default_factory=NewBobConfig)
-    momentum: float = 0.9  # sgd
-    nesterov: bool = False  # sgd
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
-    weight_decay: float = 0.0  # L2 penalty added to the gradient (torch SGD / Adam weight_decay)
-    max_grad_norm: float = 0.0  # clip the gradient norm per minibatch; 0 = no clipping
     prior_floor: float = 1e-5  # pdf priors: floor of count/total (pdfs unseen in training)
     seed: int = 0  # model initialisation and frame order
     num_threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -94,30 +89,24 @@ class TrainConfig:
         if rate_key and getattr(getattr(self, self.model), rate_key) != 1:
             raise ValueError(f"{self.model}.{rate_key} must be 1 for frame-level (hybrid) training: one output "
                              f"per alignment frame (got {getattr(getattr(self, self.model), rate_key)})")
-        for name in ("epochs", "batch_size", "utt_batch_frames", "chunk_size"):
+        for name in ("batch_size", "utt_batch_frames", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must have two values, got {self.betas}")
+        self.first_order()  # checks the first-order keys
         if not self.prior_floor > 0:
             raise ValueError(f"prior_floor must be > 0, got {self.prior_floor}")
 
     def first_order(self) -> FirstOrderConfig:
         """The first-order driver's settings (the top-level keys)."""
+        keys = {f.name: getattr(self, f.name) for f in dataclasses.fields(FirstOrderConfig)}
         lr = self.lr if self.lr is not None else self.DEFAULT_LR.get(self.optimizer, 1.0)
-        return FirstOrderConfig(lr=lr, epochs=self.epochs, lr_schedule=self.lr_schedule, min_lr=self.min_lr,
-                                newbob=self.newbob, momentum=self.momentum, nesterov=self.nesterov,
-                                betas=list(self.betas), weight_decay=self.weight_decay,
-                                max_grad_norm=self.max_grad_norm, loss="mean")
+        return FirstOrderConfig(**{**keys, "lr": lr})
 
     def unused_sections(self) -> list[str]:
         """Sections this run does not read (ignored on ``--resume``)."""
         out = [m for m in MODELS if m != self.model]
-        return out + (["hf"] if self.optimizer != "hf" else
-                      ["epochs", "batch_size", "lr", "lr_schedule", "min_lr", "newbob", "momentum", "nesterov",
-                       "betas", "weight_decay", "max_grad_norm"])
+        first_order = [f.name for f in dataclasses.fields(FirstOrderConfig)] + ["batch_size"]
+        return out + (["hf"] if self.optimizer != "hf" else first_order)
 
     def model_config(self, input_dim: int, num_outputs: int) -> dict[str, Any]:
         """``{"arch", "input_dim", "num_outputs", **hyper-parameters}`` for :func:`build_model`."""
@@ -219,11 +208,9 @@ def evaluate_frames(model, data: FrameData, criterion: FrameCE | None = None, ch
 
 
 # ---------------------------------------------------------------------------------------- the task
-class CETask:
+class CETask(Task):
     """Frame CE on GMM alignments (module docstring). ``net`` is the model that is saved;
     ``model`` the module the drivers call (the DNN on spliced rows, or ``net`` itself)."""
-
-    structural = False
 
     def __init__(self, cfg: TrainConfig, train: FrameData, dev: FrameData, device: torch.device,
                  cmvn: tuple[Tensor, Tensor] | None = None) -> None:
@@ -262,20 +249,8 @@ class CETask:
         return (f"{len(self.train)} train utterances ({self.train.num_frames} frames), {len(self.dev)} dev "
                 f"({self.dev.num_frames} frames), {self.train.num_pdfs} pdfs")
 
-    def after_report(self, update: int, finished: bool, log_line) -> None:
-        pass
-
     def write_files(self, out: Path) -> None:
         save_prior(out / "prior.pt", prior_from_data(self.train, self.cfg.prior_floor))
-
-    def final_info(self) -> dict[str, Any]:
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def run_training(cfg: TrainConfig, data_dir: str | Path, task: str, ali_dir: str | Path, out_dir: str | Path,

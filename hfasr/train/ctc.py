@@ -38,6 +38,7 @@ from hfasr.models.dnn import DNNConfig
 from hfasr.models.mdlstm import MDLSTMConfig as MDLSTMSection
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
+from hfasr.train.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def token_prior(targets: list[Tensor], num_frames: int, num_tokens: int, floor: 
 
 
 # ---------------------------------------------------------------------------------------- the task
-class CtcTask:
+class CtcTask(Task):
     """CTC training from scratch (module docstring).
 
     Args:
@@ -320,9 +321,6 @@ class CtcTask:
     def summary(self) -> str:
         return (f"{len(self.train)} train utterances ({self.train.num_frames} frames), {len(self.dev)} dev, "
                 f"{len(self.table)} tokens")
-
-    def after_report(self, update: int, finished: bool, log_line) -> None:
-        pass
 
     def write_files(self, out: Path) -> None:
         self.table.write(out / "tokens.txt")

@@ -43,13 +43,14 @@ from hfasr.train.drivers import FirstOrderDriver, HFDriver, TrainingError
 
 log = logging.getLogger(__name__)
 
-# The fields of a history.jsonl record (absent ones are null / left out):
-# run, criterion, optimizer, model, update, epoch, wall_s, note, lr, accepted,
-# dev_obj (the task's dev objective, per frame or utterance), dev_acc, dev_wer, dev_ter,
-# train_obj, heldout_obj, damping, cg_iters, rho, gv_products.
-RECORD_KEYS = ("run", "criterion", "optimizer", "model", "update", "epoch", "wall_s", "note", "lr", "accepted",
-               "dev_obj", "dev_acc", "dev_wer", "dev_ter", "train_obj", "heldout_obj", "damping", "cg_iters",
-               "rho", "gv_products")
+# The fields of a history.jsonl record, in this order (absent ones are left out): the run's
+# labels; update (reports so far; HF: updates), epoch (first-order, fractional mid-epoch), note;
+# lr; train_obj / heldout_obj (the stretch's mean training loss, or HF's losses after the step);
+# dev_obj (the task's dev objective: per frame, or as normalised in training), dev_acc, dev_wer,
+# dev_ter; HF's damping, cg_iters, rho, gv_products; accepted (schedule); wall_s (training only).
+RECORD_KEYS = ("run", "criterion", "optimizer", "model", "update", "epoch", "note", "lr", "train_obj",
+               "heldout_obj", "dev_obj", "dev_acc", "dev_wer", "dev_ter", "damping", "cg_iters", "rho", "gv_products",
+               "accepted", "wall_s")
 
 
 # ---------------------------------------------------------------------------------------- config view

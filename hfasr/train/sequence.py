@@ -42,6 +42,7 @@ from hfasr.data.utterances import Utterances
 from hfasr.errors import ConfigError, DataError
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
+from hfasr.train.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,17 @@ class SeqTrainConfig:
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
 
-    def first_order(self) -> FirstOrderConfig:
-        return self.sgd
-
-    def unused_sections(self) -> list[str]:
-        return ["sgd" if self.optimizer == "hf" else "hf"]
-
     @property
     def run_name(self) -> str:
         return f"{self.optimizer}-{self.criterion}"
+
+    def first_order(self) -> FirstOrderConfig:
+        """The first-order driver's settings: the ``sgd:`` section."""
+        return self.sgd
+
+    def unused_sections(self) -> list[str]:
+        """The other optimizer's section (ignored on ``--resume``)."""
+        return ["sgd" if self.optimizer == "hf" else "hf"]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -202,11 +205,8 @@ def seq_examples(utts: Sequence[tuple[Tensor, SeqSupervision]], max_frames: int 
 
 
 # ---------------------------------------------------------------------------------------- the task
-class SequenceTask:
+class SequenceTask(Task):
     """Lattice-based sequence training of a CE model (module docstring)."""
-
-    structural = False
-    model_name = "hybrid"
 
     def __init__(self, cfg: SeqTrainConfig, model, log_prior: Tensor, lat_meta: dict, train: SeqData,
                  dev: SeqData, device: torch.device, graph_dir: str | Path | None = None,
