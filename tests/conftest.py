@@ -1,13 +1,15 @@
-"""Shared fixtures: the real corpora in ../shared/data and small generated ones."""
+"""Shared fixtures: the real corpora in ../shared/data, small generated ones, torch settings.
+
+Plain helpers live in helper modules (gn_reference, lattice_utils, toy_frames, yesno_graph);
+test modules import from those, never from another ``test_*.py``.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HFASR_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -31,15 +33,6 @@ def fsdd_dir() -> Path:
     return need(FSDD)
 
 
-def write_tone(path: Path, seconds: float = 0.5, sr: int = 16000, fmt: str | None = None, seed: int = 0) -> None:
-    """A short noisy tone: valid audio for fake corpora."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    a = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.01 * rng.standard_normal(t.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), a.astype(np.float32), sr, format=fmt, subtype="PCM_16")
-
-
 @pytest.fixture(scope="session")
 def fsdd_prepared(tmp_path_factory, fsdd_dir):
     """fsdd prepared once for the session (all three tasks)."""
@@ -47,3 +40,49 @@ def fsdd_prepared(tmp_path_factory, fsdd_dir):
 
     out = tmp_path_factory.mktemp("fsdd")
     return out, prepare_corpus("fsdd", out, corpus_dir=fsdd_dir)
+
+
+# --------------------------------------------------------------------------- torch settings
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: more threads only add barrier overhead
+    (and stall badly when the machine is loaded). Opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def float64():
+    """float64 as torch's default dtype for one test (exact-derivative checks)."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+# --------------------------------------------------------------------------- generated data
+@pytest.fixture(scope="session")
+def graph(tmp_path_factory):
+    """The hand-built yesno HCLG of tests/yesno_graph.py; ``graph.path`` is its HCLG.fst."""
+    from yesno_graph import build_yesno_graph
+
+    d = tmp_path_factory.mktemp("yesno_graph")
+    g = build_yesno_graph(d)
+    g.path = d / "HCLG.fst"
+    return g
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """``(root, alignments)`` of the toy frame corpus of tests/toy_frames.py (CE / HF training),
+    built afresh for each module. test_synth.py has its own ``corpus`` fixture."""
+    from toy_frames import build_toy_corpus
+
+    return build_toy_corpus(tmp_path_factory.mktemp("toy"))

@@ -67,10 +67,12 @@ def enumerate_paths(lat: Lattice):
 
 
 def path_scores(lat: Lattice, paths, scores: torch.Tensor, kappa: float, lm_scale: float = 1.0, extra=None):
-    """log-scores of paths given per-frame scores (T, K)."""
+    """log-scores of paths given per-frame scores (T, K): κ·acoustic − lm_scale·(arc graph costs +
+    final cost) (+ ``extra`` per arc); the final cost is graph cost too, scaled like the arcs'
+    (Kaldi's ScaleLattice, :mod:`hfasr.lattice.fb`)."""
     vals = []
     for arcs, fc in paths:
-        v = -fc
+        v = -lm_scale * fc
         for a in arcs:
             v += -lm_scale * float(lat.graph_cost[a])
             if int(lat.pdf[a]) >= 0:

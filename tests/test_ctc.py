@@ -6,38 +6,19 @@ import itertools
 
 import pytest
 import torch
-from test_mdlstm import check_gv
+from gn_reference import check_gv, explicit_gn
 from torch import nn
 
-from hfasr.criteria.ctc import (
-    CtcObjective,
-    TokenTable,
-    collate,
-    ctc_curvature,
-    ctc_greedy,
-    ctc_loss,
-)
+from hfasr.criteria.ctc import CtcLoss, TokenTable, ctc_count, ctc_curvature, ctc_loss
+from hfasr.data.batching import Batch, pad_batch, pad_targets
+from hfasr.data.utterances import Utterances
+from hfasr.decode.ctc import greedy_ids
 from hfasr.errors import DataError
 from hfasr.models.blstm import BLSTM, reverse_index, reverse_padded
-from hfasr.optim import HessianFree, HFConfig
+from hfasr.optim import BatchObjective, HessianFree, HFConfig, SumGaussNewton
+from hfasr.optim.objective import CURVATURE_MAX_PADDING
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: intra-op threads only add barrier overhead (and stall badly when
-    the machine is loaded)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
 
 
 # --------------------------------------------------------------------------- brute force
@@ -87,7 +68,7 @@ def test_ctc_loss_and_gradient_equal_brute_force():
         total += float(nll)
         assert torch.allclose(grad[b, :L], y[b, :L] - gamma, atol=1e-10)  # ∂L/∂z = y − γ
         assert torch.all(grad[b, L:] == 0)  # padded frames get nothing
-    assert float(loss) == pytest.approx(total, rel=1e-10)
+    assert float(loss.detach()) == pytest.approx(total, rel=1e-10)
     assert count == 1
     assert ctc_loss(z, lens, targets, tlens, "utterance")[1] == 2 and ctc_loss(z, lens, targets, tlens, "frame")[1] == 9
 
@@ -162,11 +143,12 @@ def test_token_table_chars_and_phones(tmp_path):
 
 
 def test_greedy_decoding():
-    z = torch.full((1, 6, 3), -5.0)
+    z = torch.full((6, 3), -5.0)
     for t, k in enumerate([1, 1, 0, 1, 2, 2]):
-        z[0, t, k] = 5.0
-    assert ctc_greedy(z, torch.tensor([6])) == [[1, 1, 2]]
-    assert ctc_greedy(z, torch.tensor([2])) == [[1]]
+        z[t, k] = 5.0
+    logp = torch.log_softmax(z, -1)
+    assert greedy_ids(logp) == [1, 1, 2]  # repeats merged, a blank separates a real repeat
+    assert greedy_ids(logp[:2]) == [1]  # only the valid frames of a padded utterance
 
 
 # --------------------------------------------------------------------------- BLSTM
@@ -218,8 +200,9 @@ def test_gv_exact_tiny_blstm(float64, mode, mu, sub):
 
 
 # --------------------------------------------------------------------------- HF on a tiny CTC task
-def synthetic_ctc(n: int, seed: int, feat_dim: int = 6, tokens: int = 4, batch: int = 8):
-    """Utterances of 2-4 tokens, each 2-3 frames of a noisy token prototype, silence around."""
+def synthetic_ctc(n: int, seed: int, feat_dim: int = 6, tokens: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Utterances ``(feats (T, F), token ids)`` of 2-4 tokens, each 2-3 frames of a noisy token
+    prototype, silence around."""
     g = torch.Generator().manual_seed(1234)
     proto = 2.0 * torch.randn(tokens + 1, feat_dim, generator=g)  # row 0: silence
     g = torch.Generator().manual_seed(seed)
@@ -231,26 +214,63 @@ def synthetic_ctc(n: int, seed: int, feat_dim: int = 6, tokens: int = 4, batch: 
             frames += [k] * int(torch.randint(2, 4, (1,), generator=g)) + [0] * int(torch.randint(0, 2, (1,), generator=g))
         f = proto[torch.tensor(frames)] + 0.5 * torch.randn(len(frames), feat_dim, generator=g)
         utts.append((f, seq))
-    return [collate(utts[i : i + batch]) for i in range(0, n, batch)]
+    return utts
 
 
-def test_objective_gradient_and_curvature_batch():
+def ctc_utterances(utts, model: nn.Module, normalize: str = "utterance", max_frames: int = 100) -> Utterances:
+    """The utterances as :class:`Utterances` collated like ``CtcTask._utterances`` (hfasr/train/ctc.py)."""
+
+    def collate(idx: list[int]) -> Batch:
+        feats, flens = pad_batch([utts[i][0] for i in idx])
+        targets, tlens = pad_targets([utts[i][1] for i in idx])
+        olens = model.output_lengths(flens)
+        return Batch((feats, flens), (targets, tlens, olens), ctc_count(olens, normalize), lengths=olens,
+                     names=[f"u{i}" for i in idx])
+
+    return Utterances([int(f.shape[0]) for f, _ in utts], collate, max_frames)
+
+
+def test_objective_gradient_and_curvature_batch(float64):
     torch.manual_seed(0)
     m = BLSTM(6, 5, hidden_size=4, num_layers=1)
-    batches = synthetic_ctc(12, seed=1, batch=5)
-    obj = CtcObjective(m, batches, curvature_fraction=0.5, curvature_min_utts=2)
+    utts = synthetic_ctc(12, seed=1)
+    data = ctc_utterances(utts, m, max_frames=60)
+    assert len(data.plan()) > 1  # the gradient runs over several batches
+    obj = BatchObjective(m, CtcLoss("utterance"), data, curvature_fraction=0.5, curvature_min=2)
     gen = torch.Generator().manual_seed(0)
     loss, g, g2 = obj.gradient(gen)
-    m.zero_grad()
-    total = sum(ctc_loss(m(b[0], b[1]), b[1], b[2], b[3], "none")[0] for b in batches)
-    (total / 12).backward()
-    assert loss == pytest.approx(float(total) / 12, rel=1e-5)
-    assert torch.allclose(g, torch.cat([p.grad.reshape(-1) for p in m.parameters()]), atol=1e-5)
-    assert g2 is not None and g2.shape == g.shape and obj.loss("gradient") == pytest.approx(loss, rel=1e-5)
+
+    def utt_loss(i: int) -> torch.Tensor:  # one unpadded utterance, summed CTC loss
+        f, y = utts[i]
+        L = torch.tensor([f.shape[0]])
+        return ctc_loss(m(f.unsqueeze(0), L), L, y.unsqueeze(0), torch.tensor([len(y)]), "none")[0]
+
+    def grad_of(loss: torch.Tensor) -> torch.Tensor:
+        return torch.cat([q.reshape(-1) for q in torch.autograd.grad(loss, list(m.parameters()))])
+
+    total = sum(utt_loss(i) for i in range(12))
+    assert loss == pytest.approx(float(total) / 12, rel=1e-10)
+    assert torch.allclose(g, grad_of(total / 12), atol=1e-10)
+    # Martens' squared gradients: each gradient batch counts as one example
+    want_g2 = sum(grad_of(sum(utt_loss(i) for i in b)) ** 2 for b in data.plan()) / 12
+    assert g2 is not None and g2.shape == g.shape and torch.allclose(g2, want_g2, atol=1e-10)
+    assert obj.loss("gradient") == pytest.approx(loss, rel=1e-10)
+
     gn = obj.curvature(gen)
-    assert gn.normalizer == 6 and obj._curv_batch[0].shape[0] == 6
-    v = torch.randn(g.numel())
-    assert float(v @ gn(v)) >= 0
+    curv = obj._curv
+    assert len(curv) == 6 and len(set(curv)) == 6 and gn.normalizer == 6
+    # the sample is bucketed by length: several Gauss-Newton parts, summed ...
+    assert len(data.plan(curv, CURVATURE_MAX_PADDING)) > 1 and isinstance(gn, SumGaussNewton)
+    # ... equal to the explicit G of one padded batch of the sampled utterances (÷ 6 utterances)
+    x, lens = pad_batch([utts[i][0] for i in curv])
+    G = explicit_gn(m, x, lens, m.output_lengths(lens), 6.0)
+    gen_v = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        v = torch.randn(g.numel(), generator=gen_v)
+        assert torch.allclose(gn(v), G @ v, atol=1e-8 * float(G.abs().max()), rtol=1e-8)
+        assert float(v @ gn(v)) >= 0
+    with torch.no_grad():
+        assert obj.loss("curvature") == pytest.approx(float(sum(utt_loss(i) for i in curv)) / 6, rel=1e-10)
     assert obj.loss("curvature") > 0
     with pytest.raises(ValueError, match="held-out"):
         obj.loss("heldout")
@@ -259,8 +279,6 @@ def test_objective_gradient_and_curvature_batch():
 @pytest.mark.parametrize("kind", ["blstm", "mdlstm"])
 def test_hf_reduces_ctc_loss(kind):
     torch.manual_seed(0)
-    train = synthetic_ctc(32, seed=2)
-    held = synthetic_ctc(16, seed=3)
     if kind == "blstm":
         m = BLSTM(6, 5, hidden_size=8, num_layers=1)
         cfg = HFConfig(cg_max_iters=30, structural_damping=0.03, rho_data="heldout", backtrack_data="heldout")
@@ -271,7 +289,9 @@ def test_hf_reduces_ctc_loss(kind):
         m = MDLSTM(6, 5, hidden_sizes=(2, 4), ff_sizes=(4,), freq_patches=(3,))
         cfg = HFConfig(cg_max_iters=20, structural_damping=0.03, preconditioner="none")
         updates = 3
-    obj = CtcObjective(m, train, held, curvature_fraction=0.25, structural=True)
+    train = ctc_utterances(synthetic_ctc(32, seed=2), m)
+    held = ctc_utterances(synthetic_ctc(16, seed=3), m)
+    obj = BatchObjective(m, CtcLoss("utterance"), train, held, curvature_fraction=0.25, structural=True)
     opt = HessianFree(m.parameters(), cfg)
     first = obj.loss("gradient")
     for _ in range(updates):

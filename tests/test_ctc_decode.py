@@ -30,13 +30,7 @@ from hfasr.lang.graphs import linear_acceptor, read_symbols
 from hfasr.lang.lexicon import Lexicon
 from hfasr.lang.prepare import LangConfig, build_lang
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
 
 
 def crafted(frames: list[list[float] | int], K: int) -> torch.Tensor:

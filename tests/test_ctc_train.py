@@ -13,27 +13,23 @@ from lhotse import load_manifest
 
 from hfasr.cli import main
 from hfasr.config import from_dict, load_config
+from hfasr.data.batching import make_batches
 from hfasr.data.corpora import manifest_path, prepare_corpus
 from hfasr.data.features import FeatureConfig, compute_features
 from hfasr.decode.ctc import collapse
 from hfasr.errors import ConfigError, DataError, HfasrError
 from hfasr.lang.prepare import LangConfig, prepare_lang
-from hfasr.train.ctc import CtcTrainConfig, make_batches, run_ctc_training, token_prior
+from hfasr.train.ctc import CtcTrainConfig, run_ctc_training, token_prior
 
 TASK = "yesno"
 TINY = {"model": "blstm", "num_threads": 1, "max_frames": 1300,
         "blstm": {"hidden_size": 16, "num_layers": 1, "subsample": 4},
-        "hf": {"updates": 3, "heldout_fraction": 0.34, "curvature_fraction": 0.5, "curvature_min_utts": 2,
+        "hf": {"updates": 3, "heldout_fraction": 0.34, "curvature_fraction": 0.5, "curvature_min": 2,
                "optimizer": {"cg_max_iters": 8, "structural_damping": 0.03}},
         "adam": {"lr": 0.01, "epochs": 2, "reports_per_epoch": 2}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +68,10 @@ def test_ctc_training_lowers_dev_loss_and_resumes_exactly(tiny, tmp_path, opt):
     assert len(hist) == (4 if opt == "hf" else 5)
     assert hist[-1]["dev_obj"] < hist[0]["dev_obj"]
     assert all(h["run"] == f"{opt}-ctc-blstm" and h["criterion"] == "ctc" and h["dev_wer"] is not None
-               for h in hist)
+               and h["dev_ter"] is not None for h in hist)
+    assert hist == full.history
+    if opt == "adam":
+        assert hist[-1]["epoch"] == 2.0
     final = torch.load(tmp_path / "full/final.pt", weights_only=True)
     assert final["tokens"] == ["<blk>", "N", "Y"] and final["unit"] == "phone"
     assert (tmp_path / "full/tokens.txt").read_text() == "<blk> 0\nN 1\nY 2\n"
@@ -91,9 +90,10 @@ def test_ctc_training_lowers_dev_loss_and_resumes_exactly(tiny, tmp_path, opt):
     unused = {"mdlstm": {"hidden_sizes": [3]}, **({"adam": {"lr": 0.5}} if opt == "hf" else {"hf": {"heldout_fraction": 0.2}})}
     again = run_ctc_training(cfg_of(optimizer=opt, **unused), tiny, TASK, tmp_path / "part", lang_dir=tiny / "lang",
                              resume=True, progress=False)
-    for a, b in zip(full.model.parameters(), again.model.parameters()):
+    for a, b in zip(full.task.net.parameters(), again.task.net.parameters()):
         assert torch.equal(a.detach(), b.detach())
     assert [h["dev_obj"] for h in history(tmp_path / "part")] == [h["dev_obj"] for h in hist]
+    assert [h["dev_obj"] for h in again.history] == [h["dev_obj"] for h in full.history]
     assert "resumed from" in (tmp_path / "part/train.log").read_text()
 
 
@@ -103,12 +103,12 @@ def test_ctc_training_lowers_dev_loss_and_resumes_exactly(tiny, tmp_path, opt):
 ])
 def test_other_models_train_with_hf(tiny, tmp_path, model, section):
     cfg = cfg_of(model=model, **{model: section}, hf={"updates": 1}, units="char")
-    t = run_ctc_training(cfg, tiny, TASK, tmp_path, progress=False)
+    exp = run_ctc_training(cfg, tiny, TASK, tmp_path, progress=False)
     hist = history(tmp_path)
     assert len(hist) == 2 and hist[0]["run"] == f"hf-ctc-{model}"
     assert hist[1]["dev_obj"] < hist[0]["dev_obj"]
-    assert t.table.tokens == ["<blk>", "E", "N", "O", "S", "Y", "<space>"]
-    assert t.objective.structural == (model == "mdlstm")
+    assert exp.task.table.tokens == ["<blk>", "E", "N", "O", "S", "Y", "<space>"]
+    assert exp.driver.objective.structural == (model == "mdlstm")
 
 
 def test_cli_train_decode_align_results(tiny, tmp_path, capsys):
@@ -120,7 +120,7 @@ def test_cli_train_decode_align_results(tiny, tmp_path, capsys):
                str(tiny / "lang"), "--out", str(exp / "ctc_blstm_hf"), "--config", str(conf), "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "hf-ctc-blstm, 1 updates" in out and out.count("ctc hf-ctc-blstm update=") == 2
+    assert "final.pt: hf-ctc-blstm, update 1," in out and out.count("report hf-ctc-blstm update=") == 2
     assert load_config(CtcTrainConfig, exp / "ctc_blstm_hf/config.yaml").hf.updates == 1
     model = exp / "ctc_blstm_hf/final.pt"
     dec = exp / "ctc_blstm_hf/decode_test"
@@ -207,7 +207,7 @@ def test_output_bias_prior_starts_below_uniform_outputs(tiny, tmp_path):
                               tiny, TASK, tmp_path / bias, lang_dir=tiny / "lang", progress=False)
         init[bias] = tr.history[0]["dev_obj"]
         if bias == "prior":
-            y = tr.model.output.bias.detach()
+            y = tr.task.net.output.bias.detach()
         assert (tmp_path / bias / "final.pt").is_file()
     assert init["prior"] < init["zero"]
     q = torch.softmax(y, 0)

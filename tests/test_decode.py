@@ -1,4 +1,5 @@
-"""Decoding with a hand-built yesno HCLG (tests/yesno_graph.py) and crafted log-likelihoods."""
+"""Decoding with a hand-built yesno HCLG (tests/yesno_graph.py; the ``graph`` fixture of
+conftest.py) and crafted log-likelihoods."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from yesno_graph import WORDS, build_yesno_graph
+from yesno_graph import WORDS, YES_NO, crafted, segment
 
 from hfasr.decode.decoder import (
     DecoderConfig,
@@ -26,34 +27,6 @@ from hfasr.decode.decoder import (
 from hfasr.errors import DataError
 
 ID2WORD = {i: w for w, i in WORDS.items()}
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory):
-    d = tmp_path_factory.mktemp("yesno_graph")
-    g = build_yesno_graph(d)
-    g.path = d / "HCLG.fst"
-    return g
-
-
-def segment(pdfs: list[int], n: int) -> list[int]:
-    """``n`` frames spread in order over the HMM states with pdfs ``pdfs``."""
-    out: list[int] = []
-    for i, p in enumerate(pdfs):
-        out += [p] * (n // len(pdfs) + (1 if i < n % len(pdfs) else 0))
-    return out
-
-
-def crafted(g, phones: list[tuple[str, int]], seed: int = 0, bias: float = 8.0) -> tuple[torch.Tensor, list[int]]:
-    """Noisy log-likelihoods whose frames strongly favour the pdfs of ``phones`` in order."""
-    seq = [p for ph, n in phones for p in segment(g.pdfs_of_phone(ph), n)]
-    gen = torch.Generator().manual_seed(seed)
-    ll = torch.randn(len(seq), g.num_pdfs, generator=gen)
-    ll[torch.arange(len(seq)), torch.tensor(seq)] += bias
-    return torch.log_softmax(ll, dim=-1), seq
-
-
-YES_NO = [("SIL", 10), ("Y", 9), ("SIL", 10), ("N", 12), ("SIL", 6)]
 
 
 def acoustic_cost_of(g, ll, tids, acwt) -> float:

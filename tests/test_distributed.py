@@ -12,13 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from toy_tasks import TASKS, run_toy, toy_config
 from torch import nn
+from toy_tasks import TASKS, run_toy, toy_config
 
 from hfasr.criteria.curvature import SoftmaxFisher
 from hfasr.optim import HessianFree, HFConfig, shard_batches, softmax_ce, tensor_objective
-
-pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -60,6 +58,7 @@ def _rows_train(out_dir: str | None = None, steps: int = 3):
             "lams": [h.damping_after for h in opt.history]}
 
 
+@pytest.mark.slow  # spawns 2 processes
 def test_objective_two_processes_match_one(tmp_path):
     torch.set_num_threads(1)
     one = _rows_train()
@@ -83,6 +82,7 @@ def _run_all(out_dir: str) -> dict:
     return {kind: _run_task(kind, os.path.join(out_dir, f"{kind}_w{dist.get_world_size()}")) for kind in TASKS}
 
 
+@pytest.mark.slow  # spawns 2 processes
 def test_tasks_two_processes_match_one(tmp_path):
     """Each task's HF training sharded over 2 gloo ranks: after 2 updates the parameters, the
     dev objectives and the damping equal one process's; only rank 0 writes the checkpoint,
@@ -111,6 +111,7 @@ def test_tasks_two_processes_match_one(tmp_path):
         assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow  # spawns 2 processes
 def test_first_order_is_refused_distributed(tmp_path):
     r0, _ = _spawn(_first_order, tmp_path)
     assert "supports optimizer hf only" in r0["error"]

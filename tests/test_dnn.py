@@ -19,14 +19,7 @@ from hfasr.models import (
     splice,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest (and avoids OpenMP contention on busy hosts)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
 
 
 def small_dnn(**kw) -> DNN:
@@ -205,7 +198,7 @@ def test_linearize_jvp_matches_torch_func(activation: str) -> None:
     tangents = tuple(torch.randn_like(p) for p in params)
     out, lin = model.linearize(x, lens)
     assert torch.allclose(out, model(x, lens))
-    ref_out, ref_dz = jvp(lambda *ps: functional_call(model, dict(zip(names, ps)), (x, lens)), params, tangents)
+    _, ref_dz = jvp(lambda *ps: functional_call(model, dict(zip(names, ps)), (x, lens)), params, tangents)
     assert torch.allclose(lin(dict(zip(names, tangents))), ref_dz, atol=1e-10)
     # a subset of tangents (the others zero)
     sub = {names[0]: tangents[0], names[-1]: tangents[-1]}

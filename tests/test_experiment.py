@@ -111,7 +111,7 @@ def test_non_finite_loss_names_the_minibatch_and_keeps_the_checkpoint(tmp_path):
 
     cfg = _ctc_cfg(optimizer="adam", adam={"lr": float("inf"), "reports_per_epoch": 1})
     out = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"minibatch \d+ \(u\d"):
+    with pytest.raises(TrainingError, match=r"minibatch \d+ \(utterances u\d"):
         _train(cfg, out)
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert [h["note"] for h in ck["history"]] == ["init"]

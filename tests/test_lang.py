@@ -31,7 +31,11 @@ from hfasr.lang.prepare import LangConfig, build_lang, prepare_lang
 
 
 def test_builtin_lexicon_files_are_up_to_date():
-    for name, lex in builtin_lexicons().items():
+    lexicons = builtin_lexicons()
+    # every versioned lexicon file is one the code can regenerate, and there are three of them
+    assert sorted(lexicons) == sorted(p.name for p in lexicon_dir().glob("*.txt")) == [
+        "alnum.txt", "digits.txt", "yesno.txt"]
+    for name, lex in lexicons.items():
         on_disk = Lexicon.read(lexicon_dir() / name)
         assert on_disk.prons == lex.prons, f"data/lang/{name} is stale: run `python -m hfasr.lang.lexicon`"
 
@@ -240,6 +244,7 @@ def test_hfasr_lang_cli_on_yesno(yesno_cuts, tmp_path, capsys):
     assert "2 words, 3 phones" in capsys.readouterr().out
     lm = read_arpa(tmp_path / "lang" / "lm.arpa")
     assert lm.order == 2
+    assert lm.histories() == [(), ("<s>",), ("NO",), ("YES",)]  # unigram + one bigram history each
     for h in lm.histories():
         assert sum(lm.prob(w, h) for w in ["YES", "NO", "</s>"]) == pytest.approx(1.0, abs=1e-5)
 
@@ -269,7 +274,9 @@ def test_fsdd_conn_lang(fsdd_prepared, tmp_path):
     assert len(lang.lexicon) == 10
     lm = read_arpa(tmp_path / "lang" / "lm.arpa")
     assert lm.order == 3
-    for h in lm.histories()[:50]:
+    hists = lm.histories()
+    assert {len(h) for h in hists} == {0, 1, 2} and len(hists) > 11  # unigram, bigram, trigram contexts
+    for h in hists:
         assert sum(lm.prob(w, h) for w in lang.lexicon.words + ["</s>"]) == pytest.approx(1.0, abs=1e-5)
 
 

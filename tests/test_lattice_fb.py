@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from hfasr.criteria.sequence import SequenceConfig, SequenceCriterion, SeqSupervision
-from hfasr.lattice import LatticeBatch
 from lattice_utils import enumerate_paths, path_onehots, path_scores, random_lattice
+
+from hfasr.criteria.sequence import SeqSupervision, SequenceConfig, SequenceCriterion
+from hfasr.lattice import LatticeBatch
 
 K = 4
 
@@ -23,7 +23,7 @@ def test_forward_backward_matches_enumeration():
     scores = torch.stack([_scores(T, s) for s in range(3)])
     lb = LatticeBatch(lats)
     w = lb.arc_scores(scores, acoustic_scale=0.7, lm_scale=1.3)
-    alpha, beta, logz, post = lb.forward_backward(w)
+    _, _, logz, post = lb.forward_backward(w, lm_scale=1.3)
     gamma = lb.scatter_frames(post, (3, T, K))
     for b, lat in enumerate(lats):
         paths = enumerate_paths(lat)
@@ -40,7 +40,7 @@ def test_expectation_semiring():
     lb = LatticeBatch([lat])
     scores = _scores(4, 0)[None]
     w = lb.arc_scores(scores, 1.0)
-    alpha, beta, logz, post = lb.forward_backward(w)
+    alpha, beta, _, post = lb.forward_backward(w)
     c = torch.randn(lat.num_arcs, dtype=torch.float64)
     ea, eb, etot = lb.expectations(w, alpha, beta, c)
     paths = enumerate_paths(lat)
@@ -66,6 +66,7 @@ def _setup(crit, seed=0, T=4, **kw):
     ref = torch.randint(0, K, (T,), generator=g)
     tid2phone = torch.tensor([0, 1, 1, 2, 3], dtype=torch.long)  # tid k+1 -> phone; pdf 0,1 share phone 1
     ref_phone = tid2phone[ref + 1]
+    kw.setdefault("lm_scale", 0.8)
     cfg = SequenceConfig(criterion=crit, acoustic_scale=0.5, drop_frames=False, **kw)
     c = SequenceCriterion(cfg, log_prior, tid2phone=tid2phone, silence_phones=[3])
     sup = SeqSupervision(lat, ref, ref_phone)
@@ -79,6 +80,7 @@ def _brute_loss(crit, c, logits, sups, log_prior, tid2phone):
     paths = enumerate_paths(lat)
 
     def acc(arcs, kind):
+        # Kaldi's LatticeForwardBackwardMpeVariants (state / phone) and the boosting match (boost)
         tot = 0.0
         for a in arcs:
             k = int(lat.pdf[a])
@@ -86,9 +88,13 @@ def _brute_loss(crit, c, logits, sups, log_prior, tid2phone):
                 continue
             t = int(lat.frame[a])
             ph, rp = int(tid2phone[int(lat.tid[a])]), int(ref_phone[t])
-            sil = ph == 3 and rp == 3
+            both_sil = ph == 3 and rp == 3
             ok = (k == int(ref[t])) if kind == "state" else (ph == rp)
-            tot += float(ok or (sil and c.cfg.one_silence_class))
+            if c.cfg.one_silence_class:
+                ok = ok or both_sil
+            elif kind != "boost":
+                ok = ok and ph != 3
+            tot += float(ok)
         return tot
 
     if crit in ("mmi", "bmmi"):
@@ -96,20 +102,21 @@ def _brute_loss(crit, c, logits, sups, log_prior, tid2phone):
         if crit == "bmmi":
             extra = torch.zeros(lat.num_arcs, dtype=torch.float64)
             for a in range(lat.num_arcs):
-                extra[a] = -c.cfg.boost * acc([a], "phone")
-        ps = path_scores(lat, paths, scores, kappa, extra=extra)
+                extra[a] = -c.cfg.boost * acc([a], "boost")
+        ps = path_scores(lat, paths, scores, kappa, c.cfg.lm_scale, extra=extra)
         num = kappa * float(scores[torch.arange(len(ref)), ref].sum())
         return -num + float(torch.logsumexp(ps, 0))
-    ps = path_scores(lat, paths, scores, kappa)
+    ps = path_scores(lat, paths, scores, kappa, c.cfg.lm_scale)
     p = torch.softmax(ps, 0)
     A = torch.tensor([acc(arcs, "state" if crit == "smbr" else "phone") for arcs, _ in paths], dtype=torch.float64)
     return -float((p * A).sum())
 
 
-@pytest.mark.parametrize("crit", ["mmi", "bmmi", "smbr", "mpe"])
-def test_criterion_loss_and_gradient(crit):
+@pytest.mark.parametrize("crit,one_sil", [("mmi", True), ("bmmi", True), ("bmmi", False), ("smbr", True),
+                                          ("smbr", False), ("mpe", True), ("mpe", False)])
+def test_criterion_loss_and_gradient(crit, one_sil):
     for seed in range(3):
-        c, logits, lens, sups, lp, t2p = _setup(crit, seed)
+        c, logits, lens, sups, lp, t2p = _setup(crit, seed, one_silence_class=one_sil)
         out = c(logits, lens, sups)
         assert out.criterion_loss == pytest.approx(_brute_loss(crit, c, logits, sups, lp, t2p), abs=1e-9)
         # finite differences of the brute-force loss
@@ -124,7 +131,7 @@ def test_criterion_loss_and_gradient(crit):
 
 
 def test_ce_smoothing_adds_ce():
-    c, logits, lens, sups, lp, t2p = _setup("smbr", 1, ce_weight=0.3)
+    c, logits, lens, sups, _, _ = _setup("smbr", 1, ce_weight=0.3)
     out = c(logits, lens, sups)
     ce = float(torch.nn.functional.cross_entropy(logits[0], sups[0].ref_pdf, reduction="sum"))
     assert float(out.loss) == pytest.approx(out.criterion_loss + 0.3 * ce, abs=1e-9)
@@ -134,7 +141,7 @@ def _cov_den(c, logits, sups, lp):
     lat = sups[0].lattice
     scores = torch.log_softmax(logits[0], -1) - lp
     paths = enumerate_paths(lat)
-    p = torch.softmax(path_scores(lat, paths, scores, c.cfg.acoustic_scale), 0)
+    p = torch.softmax(path_scores(lat, paths, scores, c.cfg.acoustic_scale, c.cfg.lm_scale), 0)
     phi = path_onehots(lat, paths, K).reshape(len(paths), -1)
     mean = (p[:, None] * phi).sum(0)
     d = phi - mean
@@ -154,7 +161,7 @@ def test_den_cov_equals_explicit_covariance(crit):
 
 def test_mmi_hessian_is_den_covariance():
     """Single-path-numerator MMI: the exact Hessian in the logits is κ² Cov_den (finite differences)."""
-    c, logits, lens, sups, lp, t2p = _setup("mmi", 3, curvature="den-cov")
+    c, logits, lens, sups, _, _ = _setup("mmi", 3, curvature="den-cov")
     out = c(logits, lens, sups)
     h = c.curvature(logits, out)
     u = torch.randn(logits.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
@@ -167,7 +174,7 @@ def test_mmi_hessian_is_den_covariance():
 @pytest.mark.parametrize("kind", ["fisher", "den-block", "den-cov"])
 @pytest.mark.parametrize("crit", ["mmi", "bmmi", "smbr", "mpe"])
 def test_curvature_psd(kind, crit):
-    c, logits, lens, sups, lp, _ = _setup(crit, 4, curvature=kind, ce_weight=0.1)
+    c, logits, lens, sups, _, _ = _setup(crit, 4, curvature=kind, ce_weight=0.1)
     out = c(logits, lens, sups)
     h = c.curvature(logits, out)
     gen = torch.Generator().manual_seed(0)
@@ -195,11 +202,11 @@ def test_den_cov_sample_unbiased():
 
 
 def test_drop_frames():
-    c, logits, lens, sups, lp, _ = _setup("mmi", 0)
+    c, logits, lens, sups, _, _ = _setup("mmi", 0)
     c.cfg.drop_frames = True
     lat = sups[0].lattice
     # a reference pdf that no arc at frame 0 carries -> frame 0 dropped
-    present = set(int(k) for k, t in zip(lat.pdf, lat.frame) if int(t) == 0 and int(k) >= 0)
+    present = {int(k) for k, t in zip(lat.pdf, lat.frame) if int(t) == 0 and int(k) >= 0}
     missing = next(k for k in range(K + 1) if k not in present)
     if missing >= K:
         pytest.skip("all pdfs present at frame 0")

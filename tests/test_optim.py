@@ -24,6 +24,8 @@ from hfasr.optim.cg import should_stop, storage_schedule
 from hfasr.optim.gn import flatten
 from hfasr.optim.hf import backtrack, levenberg_marquardt
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
+
 
 class TinyRNN(nn.Module):
     """Explicit tanh RNN (B, T, D) -> logits (B, T, K); optionally returns pre-activations."""

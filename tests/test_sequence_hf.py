@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lattice_utils import random_lattice
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from hfasr.criteria.sequence import SequenceConfig, SequenceCriterion, SeqSupervision
-from hfasr.optim import HessianFree, HFConfig
+from hfasr.criteria.sequence import SeqSupervision, SequenceConfig, SequenceCriterion
+from hfasr.optim import BatchObjective, HessianFree, HFConfig, SumGaussNewton, objective
 from hfasr.optim.gn import flatten
-from hfasr.train.utterance_objective import UtteranceObjective, sequence_criterion_fn
-from lattice_utils import random_lattice
+from hfasr.train.sequence import SequenceLoss, seq_examples
 
 K, F = 4, 3
 
@@ -46,14 +46,20 @@ def _criterion(kind, crit="smbr"):
 
 @pytest.mark.parametrize("kind", ["fisher", "den-block", "den-cov"])
 def test_gv_through_sequence_curvature(kind):
+    """The objective's G v (summed over the length buckets of the curvature sample) equals
+    Jᵀ H J v / frames with J by jacrev and H from the curvature's hvp on unit vectors, both on
+    the whole sample as one padded batch."""
     torch.manual_seed(0)
     model = FrameModel().double()
     utts = _utts(3, 1)
     crit = _criterion(kind)
-    obj = UtteranceObjective(model, sequence_criterion_fn(crit), utts, curvature_fraction=1.0)
+    obj = BatchObjective(model, SequenceLoss(crit), seq_examples(utts), curvature_fraction=1.0)
     gn = obj.curvature(torch.Generator().manual_seed(0))
-    # explicit: J (outputs of the curvature batch) and H from hvp on unit vectors
-    x, lens, sups = obj._run(obj.utts, obj._curv)
+    assert obj._curv == [0, 1, 2]
+    assert isinstance(gn, SumGaussNewton)  # lengths 6, 5 | 4: two buckets at CURVATURE_MAX_PADDING
+    # explicit: J (outputs of the curvature sample as one padded batch) and H from hvp on unit vectors
+    batch = obj.data.batch(obj._curv)
+    (x, lens), sups = batch.inputs, batch.target
     names = [n for n, _ in model.named_parameters()]
     params = tuple(p.detach() for p in model.parameters())
     theta = flatten(params)
@@ -70,6 +76,7 @@ def test_gv_through_sequence_curvature(kind):
     out = crit(z, lens, sups)
     h = crit.curvature(z, out)
     H = torch.stack([h.hvp(torch.eye(z.numel(), dtype=torch.float64)[i].reshape(z.shape)).reshape(-1) for i in range(z.numel())])
+    assert gn.normalizer == batch.count == int(lens.sum()) == sum(int(u[0].shape[0]) for u in utts)
     G = J.T @ H @ J / int(lens.sum())
     v = torch.randn(theta.numel(), dtype=torch.float64)
     assert torch.allclose(gn(v), G @ v, atol=1e-10)
@@ -80,8 +87,8 @@ def test_hf_sequence_updates_reduce_loss(crit):
     torch.manual_seed(0)
     model = FrameModel().double()
     utts = _utts(12, 2)
-    obj = UtteranceObjective(model, sequence_criterion_fn(_criterion("den-cov", crit)), utts[:9], heldout=utts[9:],
-                             curvature_fraction=0.5, curvature_min_utts=3)
+    obj = BatchObjective(model, SequenceLoss(_criterion("den-cov", crit)), seq_examples(utts[:9]),
+                         heldout=seq_examples(utts[9:]), curvature_fraction=0.5, curvature_min=3)
     opt = HessianFree(model.parameters(), HFConfig(cg_max_iters=20, rho_data="heldout", backtrack_data="heldout",
                                                    preconditioner="none"))
     first = obj.loss("gradient")
@@ -94,10 +101,9 @@ def test_curvature_buckets_by_length_same_product(monkeypatch):
     """The curvature sample is split into batches of similar lengths (no products spent on
     padding); their summed G v equals the one-padded-batch product, and the curvature-data loss
     is unchanged."""
-    import hfasr.train.utterance_objective as uo
-    from hfasr.models import DNN
-    from hfasr.optim import SumGaussNewton
     from lattice_utils import random_seq_data
+
+    from hfasr.models import DNN
 
     data = random_seq_data(10, 3, K, 4, t_span=9, dtype=torch.float64)
     crit = _criterion("fisher")
@@ -106,8 +112,8 @@ def test_curvature_buckets_by_length_same_product(monkeypatch):
     v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     out = {}
     for pad in (None, 0.1):
-        monkeypatch.setattr(uo, "CURVATURE_MAX_PADDING", pad)
-        obj = UtteranceObjective(model, sequence_criterion_fn(crit), data.utts, curvature_fraction=1.0)
+        monkeypatch.setattr(objective, "CURVATURE_MAX_PADDING", pad)
+        obj = BatchObjective(model, SequenceLoss(crit), seq_examples(data.utts), curvature_fraction=1.0)
         gn = obj.curvature(torch.Generator().manual_seed(0))
         out[pad] = (gn(v), obj.loss("curvature"), isinstance(gn, SumGaussNewton), gn.normalizer)
     assert not out[None][2] and out[0.1][2]

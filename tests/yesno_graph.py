@@ -231,3 +231,24 @@ def build_yesno_graph(tmp_dir: Path, self_loop_scale: float = 0.1) -> Graph:
     g = build_graph(tmp_dir, LEXICON, ["N", "Y"], ARPA, TOPO, self_loop_scale)
     assert g.words == WORDS and g.phones == PHONES
     return g
+
+
+# --------------------------------------------------------------------------- crafted scores
+def segment(pdfs: list[int], n: int) -> list[int]:
+    """``n`` frames spread in order over the HMM states with pdfs ``pdfs``."""
+    out: list[int] = []
+    for i, p in enumerate(pdfs):
+        out += [p] * (n // len(pdfs) + (1 if i < n % len(pdfs) else 0))
+    return out
+
+
+def crafted(g, phones: list[tuple[str, int]], seed: int = 0, bias: float = 8.0) -> tuple[torch.Tensor, list[int]]:
+    """Noisy log-likelihoods whose frames strongly favour the pdfs of ``phones`` in order."""
+    seq = [p for ph, n in phones for p in segment(g.pdfs_of_phone(ph), n)]
+    gen = torch.Generator().manual_seed(seed)
+    ll = torch.randn(len(seq), g.num_pdfs, generator=gen)
+    ll[torch.arange(len(seq)), torch.tensor(seq)] += bias
+    return torch.log_softmax(ll, dim=-1), seq
+
+
+YES_NO = [("SIL", 10), ("Y", 9), ("SIL", 10), ("N", 12), ("SIL", 6)]

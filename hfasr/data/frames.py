@@ -8,14 +8,11 @@ in memory (the corpora here are at most a few hours: 1 h of 40-dim fbank is 58 M
 - ``targets`` (N,) long: pdf ids; ``phones`` (N,) long: phone ids (MPE, analysis);
 - ``offsets`` (U + 1,): utterance u is frames ``offsets[u] : offsets[u + 1]``.
 
-Two iterators:
+Access for batching (:mod:`hfasr.data.utterances` builds the training batches on it):
 
-- :meth:`FrameData.frame_batches`: minibatches of spliced frame rows (B, (2c+1)·F) + targets,
-  shuffled across utterances with a seeded ``torch.Generator`` (frame-level CE training);
-  splicing happens per batch, replicating each utterance's edge frames, so it matches
-  :class:`hfasr.models.DNN` on whole utterances exactly.
-- :meth:`FrameData.utterance_batches`: padded utterance batches (:class:`UtteranceBatch`) for
-  sequence-level criteria and recurrent models.
+- :meth:`FrameData.spliced`: spliced frame rows (B, (2c+1)·F) of any frames, replicating each
+  utterance's edge frames, so that they match :class:`hfasr.models.DNN` on whole utterances;
+- :meth:`FrameData.collate`: padded utterances (:class:`UtteranceBatch`) for recurrent models.
 
 Every cut of the manifest must have an alignment of the same length (up to
 ``length_tolerance`` frames, after which both are cut to the shorter); otherwise a
@@ -27,8 +24,7 @@ the ones it gave up on in ``ali_<split>_excluded.txt``) are an error unless
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,40 +176,6 @@ class FrameData:
         src = idx[:, None] + torch.arange(-context, context + 1)[None, :]
         src = torch.minimum(torch.maximum(src, first[:, None]), last[:, None])
         return self.feats[src].reshape(idx.shape[0], -1)
-
-    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
-        n = self.num_frames
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
-
-    def frame_batches(self, batch_size: int, context: int, generator: torch.Generator | None = None,
-                      drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
-        """Minibatches ``(rows (B, (2c+1)·F), targets (B,))``; frames shuffled with ``generator``
-        (in corpus order if None). The permutation is drawn when iteration starts."""
-        n = self.num_frames
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
-        for s in range(0, stop, batch_size):
-            idx = order[s : s + batch_size]
-            yield self.spliced(idx, context), self.targets[idx]
-
-    def utterance_batches(self, max_frames: int, generator: torch.Generator | None = None
-                          ) -> Iterator[UtteranceBatch]:
-        """Padded batches of whole utterances, shuffled with ``generator`` (in order if None);
-        a batch holds utterances while B · T_max ≤ ``max_frames`` (always at least one)."""
-        U = len(self)
-        order = torch.randperm(U, generator=generator) if generator is not None else torch.arange(U)
-        lens = self.lengths
-        batch: list[int] = []
-        tmax = 0
-        for u in order.tolist():
-            t = max(tmax, int(lens[u]))
-            if batch and (len(batch) + 1) * t > max_frames:
-                yield self.collate(batch)
-                batch, t = [], int(lens[u])
-            batch.append(u)
-            tmax = t
-        if batch:
-            yield self.collate(batch)
 
     def collate(self, indices: Sequence[int]) -> UtteranceBatch:
         """Pad utterances ``indices`` into an :class:`UtteranceBatch`."""

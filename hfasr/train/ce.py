@@ -235,6 +235,13 @@ class CETask(Task):
             self.train_data = Utterances(train.lengths.tolist(), utterance_collate(train, device),
                                          cfg.utt_batch_frames)
 
+    def example_names(self, indices) -> list[str]:
+        if not self.frame_level:
+            return [self.train.cut_ids[i] for i in indices]
+        frames = torch.as_tensor(indices, dtype=torch.long)
+        utts = torch.searchsorted(self.train.offsets, frames, right=True) - 1
+        return [self.train.cut_ids[u] for u in torch.unique(utts).tolist()]
+
     def minibatches(self, generator: torch.Generator) -> list:
         if self.frame_level:
             return self.train_data.shuffled(generator, self.cfg.batch_size)

@@ -218,7 +218,8 @@ class FirstOrderDriver:
             loss_sum = task.criterion.loss(task.model(*batch.inputs), batch)
             loss = loss_sum / max(batch.count, 1) if cfg.loss == "mean" else loss_sum
             if not torch.isfinite(loss):
-                where = f" ({', '.join(batch.names[:5])})" if getattr(batch, "names", None) else ""
+                names = getattr(batch, "names", None) or task.example_names(plan[self.batch])
+                where = f" (utterances {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})" if names else ""
                 raise TrainingError(f"non-finite training loss ({float(loss.detach())}) in epoch {self.epoch + 1}, "
                                     f"minibatch {self.batch + 1}{where}; lower the learning rate "
                                     "(the last checkpoint is intact)")

@@ -151,11 +151,14 @@ class Experiment:
             return HFDriver(task, cfg.hf, cfg.seed, log_line=self.log_line)
         return FirstOrderDriver(task, cfg.first_order(), cfg.optimizer, cfg.seed, progress=self.progress)
 
-    def run(self, task, max_wall: float | None = None) -> Any:
-        """Train ``task`` with the configured driver (stopping early, at a report, once the
-        training wall time reaches ``max_wall`` seconds); returns the driver."""
+    def run(self, task, max_wall: float | None = None, driver: Any = None) -> Any:
+        """Train ``task`` with the configured driver, or continue with ``driver`` (one that an
+        earlier call returned); stops early, at a report, once the training wall time reaches
+        ``max_wall`` seconds. Returns the driver."""
         from hfasr.config import save_config
 
+        if driver is not None:
+            return self._loop(task, driver, max_wall)
         driver = self.make_driver(task)
         if self.resume:
             self.load_checkpoint(task, driver)
@@ -171,6 +174,9 @@ class Experiment:
             if isinstance(driver, FirstOrderDriver):
                 driver.start(rec["dev_obj"])
             self.save_checkpoint(task, driver)
+        return self._loop(task, driver, max_wall)
+
+    def _loop(self, task, driver, max_wall: float | None) -> Any:
         while not driver.finished and (max_wall is None or self.wall < max_wall):
             _barrier()  # start together: a rank still in its dev report would count as our time
             t0 = time.perf_counter()

@@ -46,6 +46,10 @@ class Task:
         ``dev_wer``, ``dev_ter``."""
         raise NotImplementedError
 
+    def example_names(self, indices) -> list[str]:
+        """The utterances of the training examples ``indices`` (for error messages)."""
+        return []
+
     def summary(self) -> str:
         """One line on the data, logged when a run starts."""
         return ""
