@@ -138,7 +138,7 @@ def test_history_is_one_record_type_and_report_reads_them_together(tmp_path, cap
         assert f"| {run} |" in md
     from PIL import Image
 
-    w, h = Image.open(tmp_path / "report.png").size
+    _, h = Image.open(tmp_path / "report.png").size
     assert h == 4 * 4 * 100  # three objective rows (one per criterion) and the WER row, 4 inches each
 
 
