@@ -161,7 +161,7 @@ def test_sequence_training_lowers_dev_objective_and_resumes_exactly(tmp_path, pr
     ck = torch.load(tmp_path / "full/checkpoint.pt", weights_only=True)
     assert set(ck) == {"model_config", "state_dict", "driver", "task", "history", "wall", "torch_rng", "config"}
     assert ck["history"] == hist and ck["wall"] == exp.wall
-    assert ck["task"] == {"train_lattices": None}  # no lattice regeneration: the lattices are not stored
+    assert ck["task"]["train_lattices"] is None  # no lattice regeneration: the lattices are not stored
 
     # stop after two reports (hf.updates / sgd.epochs may change on resume), then resume from
     # the checkpoint in a fresh experiment with the full config
@@ -194,7 +194,8 @@ def test_sequence_training_lowers_dev_objective_and_resumes_exactly(tmp_path, pr
     # stopped after the first report (for SGD in the middle of an epoch: the data order comes
     # from the generator state saved at the epoch's start) and resumed: the same run again
     mid, _, _, _ = _train(full, tmp_path / "mid", build, max_wall=1e-9)
-    assert [h["update"] for h in mid.history] == [0, 1] and mid.history[1].get("epoch") == (0.5 if opt == "sgd" else None)
+    assert [h["update"] for h in mid.history] == [0, 1]
+    assert mid.history[1].get("epoch") == (0.5 if opt == "sgd" else None)
     res, res_task, _, _ = _train(full, tmp_path / "mid", build, resume=True)
     _same_params(task.net, res_task.net)
     assert _strip(res.history) == _strip(hist)
@@ -362,7 +363,8 @@ def test_regenerated_lattices_and_dev_wer(tmp_path, graph):
     assert log.count("# regenerated 8 of 8 training lattices with the current model") == 2
     # dev WER at every report, in the log line, and of the model that final.pt holds
     assert all(isinstance(h["dev_wer"], float) and 0 <= h["dev_wer"] <= 100 for h in hist)
-    assert [x.split()[2] for x in log.splitlines() if x.startswith("report ") and "dev_wer=" in x] == [f"update={h['update']}" for h in hist]
+    reports = [x for x in log.splitlines() if x.startswith("report ")]
+    assert [x.split()[2] for x in reports if "dev_wer=" in x] == [f"update={h['update']}" for h in hist]
     assert task.evaluate()["dev_wer"] == hist[-1]["dev_wer"]
     assert torch.load(tmp_path / "full/final.pt", weights_only=True)["dev_wer"] == hist[-1]["dev_wer"]
     # the lattices changed, and the checkpoint holds the regenerated ones
@@ -381,3 +383,24 @@ def test_regenerated_lattices_and_dev_wer(tmp_path, graph):
     _same_params(task.net, res_task.net)
     assert _strip(res.history) == _strip(hist)
     _same_lattices(_lattices(res_task), _lattices(task))
+
+
+def test_extending_a_finished_run_regenerates_the_due_lattices(tmp_path, graph):
+    """A run that ended where a regeneration was due (skipped: the run was over), resumed with
+    more updates, regenerates first and so equals a run that never stopped."""
+    gmm_dir = tmp_path / "gmm"
+    gmm_dir.mkdir()
+    GmmModel.init_mono(TOPO, 1, np.zeros(1), np.ones(1)).write(gmm_dir / "final.mdl")
+    save_prior(gmm_dir / "prior.pt", torch.full((graph.num_pdfs,), -math.log(graph.num_pdfs)))
+
+    def build(exp):
+        return _yesno_task(exp, graph, gmm_dir)
+
+    cfg = _cfg("hf", regenerate_every=1, dev_wer=False)
+    full, full_task, _, _ = _train(cfg, tmp_path / "full", build)
+    short = _cfg("hf", regenerate_every=1, dev_wer=False)
+    short.hf.updates = cfg.hf.updates - 1
+    _train(short, tmp_path / "part", build)
+    res, res_task, _, _ = _train(cfg, tmp_path / "part", build, resume=True)
+    assert _strip(res.history) == _strip(full.history)
+    assert all(torch.equal(a, b) for a, b in zip(full_task.net.parameters(), res_task.net.parameters()))

@@ -20,8 +20,8 @@ Drivers:
   baseline: per-utterance SGD on the summed (not averaged) utterance gradient, learning rate
   1e-5, no momentum, 4 epochs, 4 reports per epoch.
 
-``regenerate_every`` N > 0 re-decodes the training lattices with the current model every N
-reports (the lattices are then part of the checkpoint).
+``regenerate_every`` N > 0 re-decodes the training lattices with the current model every N HF
+updates (SGD: reports); the lattices are then part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class SeqTrainConfig:
     max_frames: int = 20000  # padded frames per forward/backward batch (HF passes, dev evaluation)
     train_split: str = "train"
     dev_split: str = "dev"
-    regenerate_every: int = 0  # > 0: re-decode the training lattices with the current model every N reports
+    regenerate_every: int = 0  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
     dev_wer: bool = True  # decode the dev set at every report (needs graph_dir / model_dir)
     decode_acoustic_scale: float = 0.1  # acoustic scale of those dev decodes
     seed: int = 0
@@ -300,8 +300,11 @@ class SequenceTask(Task):
 
     def after_report(self, update: int, finished: bool, log_line) -> None:
         k = self.cfg.regenerate_every
-        if k and update % k == 0 and not finished:
-            self.regenerate_lattices(log_line)
+        if k and update % k == 0:
+            if finished:  # not needed unless the run is extended (--resume with more updates)
+                self._regenerate_pending = True
+            else:
+                self.regenerate_lattices(log_line)
 
     # --- the experiment's hooks -----------------------------------------------------------------
     def summary(self) -> str:
@@ -316,7 +319,8 @@ class SequenceTask(Task):
     def state_dict(self) -> dict[str, Any]:
         # regenerated lattices are part of the state (resume must see the same ones)
         return {"train_lattices": ([sup.lattice.to_dict() for _, sup in self.train.utts]
-                                   if self.cfg.regenerate_every else None)}
+                                   if self.cfg.regenerate_every else None),
+                "regenerate_pending": bool(getattr(self, "_regenerate_pending", False))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("train_lattices") is not None:
@@ -324,6 +328,10 @@ class SequenceTask(Task):
 
             for (_, sup), d in zip(self.train.utts, state["train_lattices"]):
                 sup.lattice = Lattice.from_dict(d)
+        if state.get("regenerate_pending") and self.cfg.regenerate_every:
+            # the run ended where a regeneration was due: an extended run must see its lattices
+            self.regenerate_lattices()
+            self._regenerate_pending = False
 
 
 def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, ali_dir: str | Path,
