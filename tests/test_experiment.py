@@ -117,6 +117,21 @@ def test_non_finite_loss_names_the_minibatch_and_keeps_the_checkpoint(tmp_path):
     assert [h["note"] for h in ck["history"]] == ["init"]
 
 
+def test_non_finite_hf_gradient_names_the_update_and_the_utterance(tmp_path, monkeypatch):
+    from hfasr.train import ctc
+    from hfasr.train.drivers import TrainingError
+
+    orig = ctc.CtcTask.__init__
+
+    def poisoned(self, cfg, table, train, dev, *a, **kw):
+        orig(self, cfg, table, train, dev, *a, **kw)
+        self.train.feats[7][2, 0] = float("nan")  # utterance u7 (in the gradient set)
+
+    monkeypatch.setattr(ctc.CtcTask, "__init__", poisoned)
+    with pytest.raises(TrainingError, match=r"HF update 1: non-finite loss .*u7.* checkpoint is intact"):
+        _train(_ctc_cfg(hf={"heldout_fraction": 0.0}), tmp_path / "run")
+
+
 def test_history_is_one_record_type_and_report_reads_them_together(tmp_path, capsys):
     """A CE (Adam), an HF-sMBR and a CTC (HF) run: every record has the keys ``hfasr report``
     needs, and ``hfasr report`` puts the three runs side by side (one objective plot row per

@@ -115,6 +115,14 @@ class BatchData(Protocol):
         ...
 
 
+def _where(batch) -> str:
+    """`` (examples a, b, ...)`` when the batch names its examples (``batch.names``), else ``""``."""
+    names = getattr(batch, "names", None)
+    if not names:
+        return ""
+    return f" (in the batch of {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})"
+
+
 def shard_batches(batches: Sequence[Sequence[int]], sizes: Sequence[int], rank: int, world: int
                   ) -> list[Sequence[int]]:
     """The batches of ``rank`` among ``world`` ranks: each batch (in order) goes to the rank with
@@ -198,7 +206,13 @@ class BatchObjective:
         gsum = g2 = None
         for idx in self._plan:
             batch = self.data.batch(idx)
-            loss = self.criterion.loss(self._outputs(batch), batch)
+            try:
+                loss = self.criterion.loss(self._outputs(batch), batch)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e}{_where(batch)}") from e
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"non-finite loss ({float(loss.detach())}) at the current parameters"
+                                         f"{_where(batch)}")
             fg = flatten(torch.autograd.grad(loss, self.params)).detach()
             gsum = fg if gsum is None else gsum + fg
             g2 = fg * fg if g2 is None else g2 + fg * fg

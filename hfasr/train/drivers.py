@@ -133,7 +133,8 @@ class HFDriver:
             try:
                 last = self.opt.step(self.objective)
             except FloatingPointError as e:
-                raise TrainingError(f"{e} (the last checkpoint is intact)") from e
+                where = "" if str(e).startswith("HF update") else f"HF update {self.opt.updates + 1}: "
+                raise TrainingError(f"{where}{e} (the last checkpoint is intact)") from e
             self.log_line(last.line())
             if last.loss_after is not None and not math.isfinite(last.loss_after):
                 raise TrainingError(f"non-finite training loss after HF update {last.update} "
