@@ -96,10 +96,10 @@ __all__ = ["enumerate_paths", "itertools", "path_onehots", "path_scores", "rando
 
 
 def random_seq_data(n: int, seed: int, K: int, F: int, t_span: int, dtype=torch.float32):
-    """``SeqData`` of ``n`` utterances (6 .. 6+t_span-1 frames) on random lattices over ``K``
+    """An ``UtteranceSet`` of ``n`` utterances (6 .. 6+t_span-1 frames) on random lattices over ``K``
     pdfs; features (``F`` dims) noisy but informative about the reference (first arc's pdf)."""
     from hfasr.criteria.sequence import SeqSupervision
-    from hfasr.train.sequence import SeqData
+    from hfasr.data.utterances import UtteranceSet
 
     g = torch.Generator().manual_seed(seed)
     ids, utts = [], []
@@ -110,4 +110,4 @@ def random_seq_data(n: int, seed: int, K: int, F: int, t_span: int, dtype=torch.
         x = torch.randn(T, F, generator=g, dtype=dtype) + torch.nn.functional.one_hot(ref, K)[:, :F].to(dtype)
         ids.append(f"u{seed}-{i}")
         utts.append((x, SeqSupervision(lat, ref, ref_phone=ref + 1)))
-    return SeqData(ids, utts, {c: "" for c in ids})
+    return UtteranceSet.from_pairs(ids, utts)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -19,22 +18,17 @@ from hfasr.criteria.curvature import SoftmaxFisher
 from hfasr.optim import HessianFree, HFConfig, shard_batches, softmax_ce, tensor_objective
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(fn, out_dir) -> list:
-    """``fn(out_dir)`` in 2 gloo processes (1 thread each); the two ranks' results."""
-    mp.spawn(_worker, args=(2, _free_port(), fn, str(out_dir)), nprocs=2, join=True)
+    """``fn(out_dir)`` in 2 gloo processes (1 thread each); the two ranks' results. The ranks
+    meet through a file (no TCP port that another process could take in the meantime)."""
+    store = os.path.join(out_dir, "dist_store")
+    mp.spawn(_worker, args=(2, store, fn, str(out_dir)), nprocs=2, join=True)
     return [torch.load(os.path.join(out_dir, f"r{r}.pt"), weights_only=True) for r in range(2)]
 
 
-def _worker(rank, world, port, fn, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world, store, fn, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.save(fn(out_dir), os.path.join(out_dir, f"r{rank}.pt"))
     finally:

@@ -30,13 +30,14 @@ def _ctc_cfg(**over):
 
 def _ctc_task(exp):
     from hfasr.criteria.ctc import TokenTable
-    from hfasr.train.ctc import CtcData, CtcTask
+    from hfasr.data.utterances import UtteranceSet
+    from hfasr.train.ctc import CtcTask
 
     g = torch.Generator().manual_seed(5)
     table = TokenTable(["a", "b", "c"], "char", word_boundary=None)
     texts = ["ab", "ba", "abc", "cab", "ca", "bc", "a", "cb", "acb", "bca"]
     feats = [torch.randn(6 + 2 * len(t), 3, generator=g) + i % 2 for i, t in enumerate(texts)]
-    data = CtcData([f"u{i}" for i in range(10)], feats, texts, [torch.tensor(table.encode(t)) for t in texts])
+    data = UtteranceSet([f"u{i}" for i in range(10)], feats, [torch.tensor(table.encode(t)) for t in texts], texts)
     return CtcTask(exp.cfg, table, data, data.subset([0, 1, 2, 3]), exp.device)
 
 

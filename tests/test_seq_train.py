@@ -281,10 +281,10 @@ _YESNO = {"YES NO": [("SIL", 6), ("Y", 8), ("SIL", 5), ("N", 9), ("SIL", 5)],
 
 
 def _yesno_data(graph, n, seed):
-    """``SeqData`` over the yesno graph: features are noisy pdf scores of the transcript's
+    """An ``UtteranceSet`` over the yesno graph: features are noisy pdf scores of the transcript's
     states, denominator lattices decoded from them (κ 0.5, lattice beam 2)."""
     from hfasr.criteria.sequence import SeqSupervision
-    from hfasr.train.sequence import SeqData
+    from hfasr.data.utterances import UtteranceSet
 
     pdf2phone = {p: graph.phones[ph] for ph in ("SIL", "N", "Y") for p in graph.pdfs_of_phone(ph)}
     ids, utts, texts = [], [], {}
@@ -296,7 +296,7 @@ def _yesno_data(graph, n, seed):
         ids.append(f"y{seed}-{i}")
         texts[ids[-1]] = text
         utts.append((ll, SeqSupervision(lat, torch.tensor(seq), ref_phone=torch.tensor([pdf2phone[p] for p in seq]))))
-    return SeqData(ids, utts, texts)
+    return UtteranceSet.from_pairs(ids, utts, [texts[c] for c in ids])
 
 
 def _yesno_task(exp, graph, gmm_dir):

@@ -48,14 +48,15 @@ def seq_task(exp):
 def ctc_task(exp):
     """HF CTC of a tiny BLSTM with structural damping (float64)."""
     from hfasr.criteria.ctc import TokenTable
-    from hfasr.train.ctc import CtcData, CtcTask
+    from hfasr.data.utterances import UtteranceSet
+    from hfasr.train.ctc import CtcTask
 
     g = torch.Generator().manual_seed(5)
     table = TokenTable(["a", "b", "c"], "char", word_boundary=None)
     texts = ["ab", "ba", "abc", "cab", "ca", "bc", "a", "cb", "acb", "bca"]
     targets = [torch.tensor(table.encode(t)) for t in texts]
     feats = [torch.randn(6 + 2 * len(t) + i % 3, F, generator=g, dtype=torch.float64) for i, t in enumerate(texts)]
-    data = CtcData([f"u{i}" for i in range(len(texts))], feats, texts, targets)
+    data = UtteranceSet([f"u{i}" for i in range(len(texts))], feats, targets, texts)
     task = CtcTask(exp.cfg, table, data, data.subset([0, 1, 2]), exp.device)
     task.net.double()
     return task

@@ -1,5 +1,8 @@
-"""Training data as examples in batches (the :class:`hfasr.optim.BatchData` protocol).
+"""Utterance data sets, and training data as examples in batches (:class:`hfasr.optim.BatchData`).
 
+- :class:`UtteranceSet`: the utterances of one split in memory: features, one supervision each
+  (CTC token ids; a lattice with its alignment for sequence training) and transcripts;
+  :func:`read_cuts` reads the features and transcripts of a feature manifest.
 - :class:`Utterances`: whole utterances of known lengths, grouped longest first into batches of
   at most ``max_frames`` padded frames (:func:`~hfasr.data.batching.make_batches`) and collated
   by a task's function (sequence training, CTC, hybrid BLSTM / MDLSTM).
@@ -15,11 +18,87 @@ built when it is collated (``cache=True`` keeps the batches of the fixed plan).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from hfasr.data.batching import Batch, batch_by_frames, make_batches
+from hfasr.errors import DataError
+
+
+@dataclass
+class UtteranceSet:
+    """Utterances of one split: ``feats[i]`` (T_i, F), ``sups[i]`` (the task's supervision),
+    ``texts[i]`` (the transcript), ``cut_ids[i]``."""
+
+    cut_ids: list[str]
+    feats: list[Tensor]
+    sups: list[Any]
+    texts: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.cut_ids) == len(self.feats) == len(self.sups) == len(self.texts):
+            raise ValueError("cut_ids, feats, sups and texts must have the same length")
+
+    @classmethod
+    def from_pairs(cls, cut_ids: Sequence[str], utts: Sequence[tuple[Tensor, Any]],
+                   texts: Sequence[str] | None = None) -> UtteranceSet:
+        """From ``(features, supervision)`` pairs (texts default to empty)."""
+        return cls(list(cut_ids), [x for x, _ in utts], [s for _, s in utts],
+                   list(texts) if texts is not None else [""] * len(utts))
+
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+    @property
+    def utts(self) -> list[tuple[Tensor, Any]]:
+        """``(features, supervision)`` pairs."""
+        return list(zip(self.feats, self.sups))
+
+    @property
+    def lengths(self) -> list[int]:
+        return [int(x.shape[0]) for x in self.feats]
+
+    @property
+    def num_frames(self) -> int:
+        return sum(self.lengths)
+
+    def text_of(self) -> dict[str, str]:
+        """cut id → transcript."""
+        return dict(zip(self.cut_ids, self.texts))
+
+    def subset(self, idx: Sequence[int]) -> UtteranceSet:
+        return UtteranceSet([self.cut_ids[i] for i in idx], [self.feats[i] for i in idx],
+                            [self.sups[i] for i in idx], [self.texts[i] for i in idx])
+
+
+def read_cuts(data_dir: str | Path, task: str, split: str, progress: bool = False
+              ) -> tuple[list[tuple[str, Tensor, str]], Path]:
+    """``(cut_id, features (T, F), transcript)`` of every cut of the split's feature manifest
+    (``<data_dir>/<task>_feats_<split>.jsonl.gz``) and its path; DataError naming the cut and the
+    manifest for a cut without features or transcript."""
+    from lhotse import load_manifest
+    from tqdm import tqdm
+
+    from hfasr.data.frames import feats_manifest_path
+
+    manifest = feats_manifest_path(data_dir, task, split)
+    if not manifest.is_file():
+        raise DataError(f"feature manifest not found: {manifest}; run `hfasr features` first")
+    out = []
+    for cut in tqdm(load_manifest(manifest), desc=f"load {task}/{split}", disable=not progress, leave=False):
+        if not cut.has_features:
+            raise DataError(f"cut '{cut.id}' of {manifest} has no features")
+        text = " ".join(s.text or "" for s in cut.supervisions).strip()
+        if not text:
+            raise DataError(f"cut '{cut.id}' of {manifest} has no transcript")
+        out.append((cut.id, torch.from_numpy(cut.load_features()).float(), text))
+    if not out:
+        raise DataError(f"{manifest}: no cuts")
+    return out, manifest
 
 
 class Utterances:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from hfasr.criteria.ctc import SPACE, CtcLoss, TokenTable, ctc_count
 from hfasr.data.batching import Batch, pad_batch, pad_targets
-from hfasr.data.utterances import Utterances
+from hfasr.data.utterances import Utterances, UtteranceSet, read_cuts
 from hfasr.errors import ConfigError, DataError
 from hfasr.models.blstm import BLSTMConfig as BLSTMSection
 from hfasr.models.dnn import DNNConfig
@@ -116,52 +116,9 @@ class CtcTrainConfig:
 
 # ---------------------------------------------------------------------------------------- data
 
-@dataclass
-class CtcData:
-    """Utterances of one split: features (T, F), transcripts and CTC targets (token ids)."""
-
-    cut_ids: list[str]
-    feats: list[Tensor]
-    texts: list[str]
-    targets: list[Tensor]
-
-    def __len__(self) -> int:
-        return len(self.cut_ids)
-
-    @property
-    def num_frames(self) -> int:
-        return sum(int(x.shape[0]) for x in self.feats)
-
-    def subset(self, idx: list[int]) -> CtcData:
-        return CtcData([self.cut_ids[i] for i in idx], [self.feats[i] for i in idx], [self.texts[i] for i in idx],
-                       [self.targets[i] for i in idx])
-
-
-def read_cuts(data_dir: str | Path, task: str, split: str, progress: bool = False) -> tuple[list, Path]:
-    """``(cut_id, features (T, F), transcript)`` of every cut of the split's feature manifest."""
-    from lhotse import load_manifest
-    from tqdm import tqdm
-
-    from hfasr.data.frames import feats_manifest_path
-
-    manifest = feats_manifest_path(data_dir, task, split)
-    if not manifest.is_file():
-        raise DataError(f"feature manifest not found: {manifest}; run `hfasr features` first")
-    out = []
-    for cut in tqdm(load_manifest(manifest), desc=f"load {task}/{split}", disable=not progress, leave=False):
-        if not cut.has_features:
-            raise DataError(f"cut '{cut.id}' of {manifest} has no features")
-        text = " ".join(s.text or "" for s in cut.supervisions).strip()
-        if not text:
-            raise DataError(f"cut '{cut.id}' of {manifest} has no transcript")
-        out.append((cut.id, torch.from_numpy(cut.load_features()).float(), text))
-    if not out:
-        raise DataError(f"{manifest}: no cuts")
-    return out, manifest
-
-
-def encode_cuts(cuts: list, table: TokenTable, where: Path) -> CtcData:
-    """CTC targets of :func:`read_cuts`' output; DataError naming the cut and the manifest."""
+def encode_cuts(cuts: list, table: TokenTable, where: Path) -> UtteranceSet:
+    """The utterances of :func:`~hfasr.data.utterances.read_cuts`' output with their CTC targets
+    (token ids) as supervisions; DataError naming the cut and the manifest."""
     ids, feats, texts, targets = [], [], [], []
     for cid, x, text in cuts:
         try:
@@ -172,7 +129,7 @@ def encode_cuts(cuts: list, table: TokenTable, where: Path) -> CtcData:
         feats.append(x)
         texts.append(text)
         targets.append(torch.tensor(y, dtype=torch.long))
-    return CtcData(ids, feats, texts, targets)
+    return UtteranceSet(ids, feats, targets, texts)
 
 
 def lexicon_path(task: str, lang_dir: str | Path | None) -> Path:
@@ -227,7 +184,7 @@ class CtcTask(Task):
         prons: word → pronunciations (phone units: greedy tokens → words).
     """
 
-    def __init__(self, cfg: CtcTrainConfig, table: TokenTable, train: CtcData, dev: CtcData,
+    def __init__(self, cfg: CtcTrainConfig, table: TokenTable, train: UtteranceSet, dev: UtteranceSet,
                  device: torch.device | str = "cpu", cmvn: tuple[Tensor, Tensor] | None = None,
                  prons: dict | None = None) -> None:
         from hfasr.models import build_model
@@ -247,17 +204,17 @@ class CtcTask(Task):
         if cfg.output_bias == "prior":
             olens = self.model.output_lengths(torch.tensor([int(x.shape[0]) for x in self.train.feats]))
             with torch.no_grad():
-                self.model.output.bias.copy_(token_prior(self.train.targets, int(olens.sum()), len(table)).log())
+                self.model.output.bias.copy_(token_prior(self.train.sups, int(olens.sum()), len(table)).log())
         self.criterion = CtcLoss(cfg.normalize)
         self.train_data = self._utterances(self.train)
         self.dev_data = self._utterances(self.dev)
 
     # --- data ---------------------------------------------------------------------------------
-    def _feasible(self, data: CtcData, split: str) -> CtcData:
+    def _feasible(self, data: UtteranceSet, split: str) -> UtteranceSet:
         """Drop (with a warning) utterances with fewer output frames than their targets need."""
         lens = self.model.output_lengths(torch.tensor([x.shape[0] for x in data.feats]))
         keep, bad = [], []
-        for i, (y, L) in enumerate(zip(data.targets, lens.tolist())):
+        for i, (y, L) in enumerate(zip(data.sups, lens.tolist())):
             need = len(y) + int((y[1:] == y[:-1]).sum()) if len(y) else 0
             (keep if L >= need else bad).append(i)
         if bad:
@@ -267,17 +224,17 @@ class CtcTask(Task):
             raise DataError(f"{split}: no utterance has enough output frames for its CTC targets")
         return data.subset(keep) if bad else data
 
-    def _utterances(self, data: CtcData) -> Utterances:
+    def _utterances(self, data: UtteranceSet) -> Utterances:
         """The utterances of ``data`` in batches (the collated batches of the fixed plan are kept)."""
 
         def collate(idx: list[int]) -> Batch:
             feats, flens = pad_batch([data.feats[i] for i in idx])
-            targets, tlens = pad_targets([data.targets[i] for i in idx])
+            targets, tlens = pad_targets([data.sups[i] for i in idx])
             olens = self.model.output_lengths(flens)
             return Batch((feats.to(self.device), flens), (targets, tlens, olens),
                          ctc_count(olens, self.cfg.normalize), lengths=olens, names=[data.cut_ids[i] for i in idx])
 
-        return Utterances([int(x.shape[0]) for x in data.feats], collate, self.cfg.max_frames, cache=True)
+        return Utterances(data.lengths, collate, self.cfg.max_frames, cache=True)
 
     def minibatches(self, generator: torch.Generator) -> list[list[int]]:
         """The fixed batches (similar lengths together) in a random order."""

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from hfasr.criteria.sequence import SeqSupervision, SequenceConfig, SequenceCriterion
 from hfasr.data.batching import Batch, make_batches, pad_batch
-from hfasr.data.utterances import Utterances
+from hfasr.data.utterances import Utterances, UtteranceSet
 from hfasr.errors import ConfigError, DataError
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
@@ -106,22 +106,11 @@ class SeqTrainConfig:
 
 # ---------------------------------------------------------------------------------------- data
 
-@dataclass
-class SeqData:
-    """Utterances of one split: ``(features (T, F), SeqSupervision)`` pairs and their texts."""
-
-    cut_ids: list[str]
-    utts: list[tuple[Tensor, SeqSupervision]]
-    texts: dict[str, str]
-
-    @property
-    def num_frames(self) -> int:
-        return sum(int(x.shape[0]) for x, _ in self.utts)
-
-
 def load_seq_data(data_dir: str | Path, task: str, split: str, ali_dir: str | Path, lat_file: dict,
-                  lat_path: Path, progress: bool = False) -> SeqData:
-    """Features + alignment (``FrameData``) + lattice of every cut that has all three."""
+                  lat_path: Path, progress: bool = False) -> UtteranceSet:
+    """Features + alignment (``FrameData``) + lattice of every cut that has all three, as an
+    :class:`~hfasr.data.utterances.UtteranceSet` whose supervisions are
+    :class:`~hfasr.criteria.sequence.SeqSupervision`."""
     from lhotse import load_manifest
 
     from hfasr.data.frames import FrameData, FrameDataConfig, feats_manifest_path
@@ -150,7 +139,7 @@ def load_seq_data(data_dir: str | Path, task: str, split: str, ali_dir: str | Pa
                     *skipped[0])
     if not utts:
         raise DataError(f"{task}/{split}: no cut has features, an alignment in {ali_dir} and a lattice in {lat_path}")
-    return SeqData(ids, utts, {c: texts.get(c, "") for c in ids})
+    return UtteranceSet.from_pairs(ids, utts, [texts.get(c, "") for c in ids])
 
 
 # ---------------------------------------------------------------------------------------- criterion
@@ -208,8 +197,8 @@ def seq_examples(utts: Sequence[tuple[Tensor, SeqSupervision]], max_frames: int 
 class SequenceTask(Task):
     """Lattice-based sequence training of a CE model (module docstring)."""
 
-    def __init__(self, cfg: SeqTrainConfig, model, log_prior: Tensor, lat_meta: dict, train: SeqData,
-                 dev: SeqData, device: torch.device, graph_dir: str | Path | None = None,
+    def __init__(self, cfg: SeqTrainConfig, model, log_prior: Tensor, lat_meta: dict, train: UtteranceSet,
+                 dev: UtteranceSet, device: torch.device, graph_dir: str | Path | None = None,
                  model_dir: str | Path | None = None, progress: bool = True) -> None:
         self.cfg, self.train, self.dev, self.device = cfg, train, dev, device
         self.run_name = cfg.run_name
@@ -235,7 +224,7 @@ class SequenceTask(Task):
 
     # --- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, data: SeqData | None = None, decode: bool | None = None) -> dict[str, float]:
+    def evaluate(self, data: UtteranceSet | None = None, decode: bool | None = None) -> dict[str, float]:
         """Sequence objective per frame (without CE smoothing), frame accuracy and (``decode``)
         WER of ``data`` (default: the dev set)."""
         data = self.dev if data is None else data
@@ -244,7 +233,7 @@ class SequenceTask(Task):
         tot, frames, correct = 0.0, 0, 0
         lls: dict[str, Tensor] = {}
         collate = seq_collate(data.utts, self.device, data.cut_ids)
-        for idx in make_batches([int(x.shape[0]) for x, _ in data.utts], self.cfg.max_frames):
+        for idx in make_batches(data.lengths, self.cfg.max_frames):
             batch = collate(idx)
             lens, sups = batch.inputs[1], batch.target
             z = self.model(*batch.inputs)
@@ -262,14 +251,14 @@ class SequenceTask(Task):
             res["dev_wer"] = self._wer(data, lls)
         return res
 
-    def _wer(self, data: SeqData, lls: dict[str, Tensor]) -> float:
+    def _wer(self, data: UtteranceSet, lls: dict[str, Tensor]) -> float:
         from hfasr.decode import decode_wer
         from hfasr.gmm.model import GmmModel
 
         if not hasattr(self, "_tid2pdf"):
             tm = GmmModel.read(self.model_dir / "final.mdl").tm
             self._tid2pdf = torch.tensor(tm.transition_id_to_pdf_array(), dtype=torch.long)
-        return decode_wer(self.graph_dir, self._tid2pdf, lls, self.cfg.decode_acoustic_scale, data.texts)
+        return decode_wer(self.graph_dir, self._tid2pdf, lls, self.cfg.decode_acoustic_scale, data.text_of())
 
     # --- lattice regeneration ------------------------------------------------------------------
     @torch.no_grad()
@@ -283,7 +272,7 @@ class SequenceTask(Task):
         meta = self.lat_meta
         self.model.eval()
         items = []
-        for cid, (x, _) in zip(self.train.cut_ids, self.train.utts):
+        for cid, x in zip(self.train.cut_ids, self.train.feats):
             z = self.model(x[None].to(self.device), torch.tensor([x.shape[0]]))[0]
             items.append((cid, (torch.log_softmax(z.float(), -1).cpu() - self.log_prior.float()).numpy()))
         cfg = LatticeConfig(acoustic_scale=float(meta["acoustic_scale"]), beam=float(meta.get("beam", 13.0)),
@@ -291,7 +280,7 @@ class SequenceTask(Task):
         res = decode_to_lattices(meta["graph"], meta["tid2pdf"].numpy(), items, cfg, self.progress,
                                  desc="regenerate lattices")
         n = 0
-        for (_, sup), (_, d, _) in zip(self.train.utts, res):
+        for sup, (_, d, _) in zip(self.train.sups, res):
             if d is not None:
                 sup.lattice = Lattice.from_dict(d)
                 n += 1
@@ -308,7 +297,7 @@ class SequenceTask(Task):
 
     # --- the experiment's hooks -----------------------------------------------------------------
     def summary(self) -> str:
-        return f"{len(self.train.utts)} train utterances ({self.train.num_frames} frames), {len(self.dev.utts)} dev"
+        return f"{len(self.train)} train utterances ({self.train.num_frames} frames), {len(self.dev)} dev"
 
     def write_files(self, out: Path) -> None:
         shutil.copyfile(self.prior_path, out / "prior.pt")
@@ -318,7 +307,7 @@ class SequenceTask(Task):
 
     def state_dict(self) -> dict[str, Any]:
         # regenerated lattices are part of the state (resume must see the same ones)
-        return {"train_lattices": ([sup.lattice.to_dict() for _, sup in self.train.utts]
+        return {"train_lattices": ([sup.lattice.to_dict() for sup in self.train.sups]
                                    if self.cfg.regenerate_every else None),
                 "regenerate_pending": bool(getattr(self, "_regenerate_pending", False))}
 
@@ -326,7 +315,7 @@ class SequenceTask(Task):
         if state.get("train_lattices") is not None:
             from hfasr.lattice.tensors import Lattice
 
-            for (_, sup), d in zip(self.train.utts, state["train_lattices"]):
+            for sup, d in zip(self.train.sups, state["train_lattices"]):
                 sup.lattice = Lattice.from_dict(d)
         if state.get("regenerate_pending") and self.cfg.regenerate_every:
             # the run ended where a regeneration was due: an extended run must see its lattices
