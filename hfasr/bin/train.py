@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> None:
     metrics = ", ".join(f"{name} {last[k]:.5g}" for k, name in
                         (("dev_obj", "dev objective"), ("dev_acc", "dev frame accuracy"), ("dev_wer", "dev WER"))
                         if k in last)
-    print(f"{args.out}/final.pt: {cfg.run_name}, update {last['update']}, {exp.wall:.1f} s, {metrics}")
+    if exp.rank == 0:
+        print(f"{args.out}/final.pt: {cfg.run_name}, update {last['update']}, {exp.wall:.1f} s, {metrics}")
 
 
 def _config_criterion(path: Path | None) -> str | None:
