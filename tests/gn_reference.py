@@ -11,7 +11,7 @@ from torch.func import functional_call, jacfwd, jacrev
 
 from hfasr.criteria.curvature import SoftmaxFisher
 from hfasr.optim import GaussNewton, ModelGaussNewton
-from hfasr.optim.gn import flatten
+from hfasr.optim.gn import flatten, unflatten
 
 
 def explicit_gn(model: nn.Module, x: Tensor, lens: Tensor, olens: Tensor, normalizer: float, mu: float = 0.0) -> Tensor:
@@ -21,11 +21,7 @@ def explicit_gn(model: nn.Module, x: Tensor, lens: Tensor, olens: Tensor, normal
     theta = flatten(params)
 
     def split(flat):
-        ps, o = [], 0
-        for p in params:
-            ps.append(flat[o : o + p.numel()].view_as(p))
-            o += p.numel()
-        return dict(zip(names, ps))
+        return dict(zip(names, unflatten(flat, params)))
 
     def run(flat):
         z, acts = functional_call(model, split(flat), (x, lens), {"return_preacts": True})

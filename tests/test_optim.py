@@ -21,7 +21,7 @@ from hfasr.optim import (
     tensor_objective,
 )
 from hfasr.optim.cg import should_stop, storage_schedule
-from hfasr.optim.gn import flatten
+from hfasr.optim.gn import flatten, unflatten
 from hfasr.optim.hf import backtrack, levenberg_marquardt
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.py)
@@ -108,11 +108,7 @@ def test_structural_damping_term(mode):
     theta = flatten(params)
 
     def split(flat):
-        ps, o = [], 0
-        for p in params:
-            ps.append(flat[o : o + p.numel()].view_as(p))
-            o += p.numel()
-        return dict(zip(names, ps))
+        return dict(zip(names, unflatten(flat, params)))
 
     z, (a,) = functional_call(model, split(theta), (x,))
     Jz = jacrev(lambda f: functional_call(model, split(f), (x,))[0])(theta).reshape(z.numel(), -1)
