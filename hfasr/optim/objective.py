@@ -210,13 +210,13 @@ class BatchObjective:
                 loss = self.criterion.loss(self._outputs(batch), batch)
             except FloatingPointError as e:
                 raise FloatingPointError(f"{e}{_where(batch)}") from e
-            if not math.isfinite(float(loss.detach())):
-                raise FloatingPointError(f"non-finite loss ({float(loss.detach())}) at the current parameters"
-                                         f"{_where(batch)}")
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"non-finite loss ({value}) at the current parameters{_where(batch)}")
             fg = flatten(torch.autograd.grad(loss, self.params)).detach()
             gsum = fg if gsum is None else gsum + fg
             g2 = fg * fg if g2 is None else g2 + fg * fg
-            total += float(loss.detach())
+            total += value
             count += batch.count
         if self.distributed:
             if gsum is None:  # this rank owns no batch
