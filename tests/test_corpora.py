@@ -1,7 +1,8 @@
-"""Corpus preparation on the real corpora (yesno, FSDD) and on fake LibriSpeech / TIMIT trees."""
+"""Corpus preparation on the real corpora (yesno, FSDD, AN4) and on fake LibriSpeech / TIMIT trees."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -54,7 +55,10 @@ def test_fsdd_three_tasks(fsdd_prepared):
         assert _speakers(t["test"]) == {"theo"}
         assert not _speakers(t["train"]) & _speakers(t["test"])
         assert not _speakers(t["dev"]) & _speakers(t["test"])
-    assert len(tasks["fsdd_spk"]["train"]) == 1800 and len(tasks["fsdd_spk"]["test"]) == 500
+        assert _speakers(t["dev"]) == {"jackson"}  # speaker-disjoint dev set
+        assert not _speakers(t["train"]) & _speakers(t["dev"])
+    assert len(tasks["fsdd_spk"]["train"]) == 1500 and len(tasks["fsdd_spk"]["test"]) == 500
+    assert len(tasks["fsdd_spk"]["dev"]) == 500
     for split in ("train", "dev", "test"):
         assert manifest_path(out, "fsdd_conn", split).is_file()
 
@@ -107,12 +111,19 @@ def test_fsdd_works_from_files_present(fsdd_dir, tmp_path):
         _, spk, take = f.stem.split("_")
         if spk in ("theo", "george") and int(take) < 12:
             shutil.copy(f, rec / f.name)
-    tasks = prepare_corpus("fsdd", tmp_path / "out", corpus_dir=tmp_path / "corpus")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dev_speakers: []\n")  # dev = takes 0-4 of the training speakers
+    tasks = prepare_corpus("fsdd", tmp_path / "out", corpus_dir=tmp_path / "corpus", config=cfg)
     assert _speakers(tasks["fsdd_spk"]["train"]) == {"george"}
-    with pytest.raises(DataError, match=r"test speaker\(s\) \['lucas'\]"):
-        cfg = tmp_path / "c.yaml"
+    assert _speakers(tasks["fsdd_spk"]["dev"]) == {"george"} and len(tasks["fsdd_spk"]["dev"]) == 50
+    with pytest.raises(DataError, match=r"dev_speakers \['jackson'\] have no recordings"):
+        prepare_corpus("fsdd", tmp_path / "out1", corpus_dir=tmp_path / "corpus")
+    with pytest.raises(DataError, match=r"test_speakers \['lucas'\]"):
         cfg.write_text("test_speakers: [lucas]\n")
         prepare_corpus("fsdd", tmp_path / "out2", corpus_dir=tmp_path / "corpus", config=cfg)
+    with pytest.raises(DataError, match=r"\['theo'\] are in both test_speakers and dev_speakers"):
+        cfg.write_text("dev_speakers: [theo]\n")
+        prepare_corpus("fsdd", tmp_path / "out3", corpus_dir=tmp_path / "corpus", config=cfg)
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -266,3 +277,147 @@ def test_synth_through_prepare(tmp_path):
     assert not _speakers(s["train"]) & _speakers(s["test"])
     for split in ("train", "dev", "test"):
         assert len(load_manifest(manifest_path(tmp_path / "o", "synth", split))) == len(s[split])
+
+
+# ------------------------------------------------------------------------------------------- an4
+
+# ../shared/data/an4, as conftest.py locates yesno and fsdd (HFASR_SHARED_DATA overrides)
+AN4 = Path(os.environ.get("HFASR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "an4"
+
+
+@pytest.fixture(scope="module")
+def an4_dir() -> Path:
+    if not AN4.is_dir():
+        pytest.fail(f"test corpus missing: {AN4} (set HFASR_SHARED_DATA to the shared/data folder)")
+    return AN4
+
+
+@pytest.fixture(scope="module")
+def an4_prepared(tmp_path_factory, an4_dir):
+    out = tmp_path_factory.mktemp("an4")
+    return out, prepare_corpus("an4", out, corpus_dir=an4_dir)["an4"]
+
+
+def test_an4_splits(an4_dir, an4_prepared):
+    out, t = an4_prepared
+    n = {s: len(t[s]) for s in ("train", "dev", "test")}
+    assert n["train"] + n["dev"] == 948 and n["test"] == 130
+    assert 100 <= n["dev"] <= 130  # whole speakers until >= dev_utterances (100)
+    spk = {s: _speakers(t[s]) for s in t}
+    assert len(spk["train"] | spk["dev"]) == 74 and len(spk["test"]) == 10
+    assert not spk["dev"] & spk["train"] and not spk["test"] & (spk["train"] | spk["dev"])
+    cuts = {c.supervisions[0].id: c for s in t for c in t[s]}
+    fash = cuts["an251-fash-b"]
+    assert fash.supervisions[0].text == "YES" and fash.supervisions[0].speaker == "fash"
+    assert fash.recording.id == "an251-fash-b" and fash.sampling_rate == 16000
+    assert cuts["an406-fcaw-b"].supervisions[0].text == "RUBOUT G M E F THREE NINE"
+    assert {c.recording.id for c in t["test"]} == {ln.split("/")[-1] for ln in (an4_dir / "etc" / "an4_test.fileids").read_text().split()}
+    assert (out / "skipped.txt").read_text() == ""
+    lex = (out / "an4_lexicon.txt").read_text().splitlines()
+    assert "A AH" in lex and "A EY" in lex  # an4.dic's A and A(2)
+    assert not any("(" in ln for ln in lex)
+    assert len(load_manifest(manifest_path(out, "an4", "dev"))) == n["dev"]
+
+
+def _an4_copy(an4_dir: Path, dst: Path, train_speakers: int = 4, per_speaker: int = 3) -> Path:
+    """A small AN4 tree: the first utterances of a few train speakers and one test speaker
+    (audio symlinked; etc/ lines copied)."""
+    (dst / "etc").mkdir(parents=True)
+    shutil.copy(an4_dir / "etc" / "an4.dic", dst / "etc" / "an4.dic")
+    for part, nspk in (("train", train_speakers), ("test", 1)):
+        fids = (an4_dir / "etc" / f"an4_{part}.fileids").read_text().splitlines()
+        trans = (an4_dir / "etc" / f"an4_{part}.transcription").read_text().splitlines()
+        keep: list[tuple[str, str]] = []
+        per: Counter = Counter()
+        for f, tr in zip(fids, trans):
+            spk = f.split("/")[1]
+            if (spk in per or len(per) < nspk) and per[spk] < per_speaker:
+                per[spk] += 1
+                keep.append((f, tr))
+        for f, _ in keep:
+            (dst / "wav" / f).parent.mkdir(parents=True, exist_ok=True)
+            (dst / "wav" / f"{f}.wav").symlink_to(an4_dir / "wav" / f"{f}.wav")
+        (dst / "etc" / f"an4_{part}.fileids").write_text("".join(f + "\n" for f, _ in keep))
+        (dst / "etc" / f"an4_{part}.transcription").write_text("".join(tr + "\n" for _, tr in keep))
+    return dst
+
+
+def _edit_line(path: Path, lineno: int, fn) -> str:
+    """Replace line ``lineno`` (1-based) of ``path`` by ``fn(line)``; return the old line."""
+    lines = path.read_text().splitlines()
+    old = lines[lineno - 1]
+    lines[lineno - 1] = fn(old)
+    path.write_text("".join(ln + "\n" for ln in lines if ln is not None))
+    return old
+
+
+def test_an4_dev_speakers_config(an4_dir, tmp_path):
+    d = _an4_copy(an4_dir, tmp_path / "an4")
+    train_spk = sorted({f.split("/")[1] for f in (d / "etc" / "an4_train.fileids").read_text().split()})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"dev_speakers: [{train_spk[2]}]\n")
+    t = prepare_corpus("an4", tmp_path / "o", corpus_dir=d, config=cfg)["an4"]
+    assert _speakers(t["dev"]) == {train_spk[2]} and len(t["train"]) == 9 and len(t["test"]) == 3
+    cfg.write_text("dev_utterances: 4\n")  # two whole speakers (3 utterances each)
+    t2 = prepare_corpus("an4", tmp_path / "o2", corpus_dir=d, config=cfg)["an4"]
+    assert len(_speakers(t2["dev"])) == 2 and len(t2["dev"]) == 6
+    assert _speakers(prepare_corpus("an4", tmp_path / "o3", corpus_dir=d, config=cfg)["an4"]["dev"]) == _speakers(t2["dev"])
+    cfg.write_text("dev_speakers: [nobody]\n")
+    with pytest.raises(DataError, match=r"dev_speakers \['nobody'\] are not training speakers"):
+        prepare_corpus("an4", tmp_path / "o4", corpus_dir=d, config=cfg)
+
+
+def test_an4_bad_input_names_utterance(an4_dir, tmp_path):
+    d = _an4_copy(an4_dir, tmp_path / "an4")
+    fids, trans = d / "etc" / "an4_train.fileids", d / "etc" / "an4_train.transcription"
+    victim = fids.read_text().splitlines()[1]
+    utt = victim.split("/")[-1]
+    wav = d / "wav" / f"{victim}.wav"
+    wav.unlink()
+    with pytest.raises(DataError, match=rf"{utt}\.wav: audio file not found for utterance '{utt}' \(.*an4_train\.fileids:2"):
+        prepare_corpus("an4", tmp_path / "o", corpus_dir=d)
+    wav.symlink_to(an4_dir / "wav" / f"{victim}.wav")
+    old = _edit_line(trans, 3, lambda ln: ln.replace("(", "(x"))
+    with pytest.raises(DataError, match=r"an4_train\.transcription:3: transcript of utterance 'x.*' does not match fileid"):
+        prepare_corpus("an4", tmp_path / "o", corpus_dir=d)
+    _edit_line(trans, 3, lambda ln: old)
+    _edit_line(trans, 2, lambda ln: ln.replace("</s>", "ZORK </s>"))
+    with pytest.raises(DataError, match=rf"word 'ZORK' of utterance '{utt}' .*not in .*an4\.dic"):
+        prepare_corpus("an4", tmp_path / "o", corpus_dir=d)
+    _edit_line(trans, 2, lambda ln: f"<s> </s> ({utt})")
+    with pytest.raises(DataError, match=rf"empty or missing transcript for utterance '{utt}'"):
+        prepare_corpus("an4", tmp_path / "o", corpus_dir=d)
+    _edit_line(trans, 2, lambda ln: None)  # one line fewer: every later line is out of step
+    with pytest.raises(DataError, match=r"does not match fileid.*\(12 fileids, 11 transcripts\)"):
+        prepare_corpus("an4", tmp_path / "o", corpus_dir=d)
+
+
+def test_an4_skip_bad(an4_dir, tmp_path):
+    d = _an4_copy(an4_dir, tmp_path / "an4")
+    fids, trans = d / "etc" / "an4_train.fileids", d / "etc" / "an4_train.transcription"
+    ids = [f.split("/")[-1] for f in fids.read_text().split()]
+    (d / "wav" / f"{fids.read_text().split()[0]}.wav").unlink()
+    _edit_line(trans, 5, lambda ln: ln.replace("(", "(x"))
+    _edit_line(trans, 7, lambda ln: ln.replace("</s>", "ZORK </s>"))
+    t = prepare_corpus("an4", tmp_path / "o", corpus_dir=d, skip_bad=True)["an4"]
+    kept = {c.recording.id for s in t for c in t[s]}
+    bad = {ids[0], ids[4], ids[6]}
+    assert not kept & bad and len(kept) == 15 - 3
+    report = (tmp_path / "o" / "skipped.txt").read_text().splitlines()
+    assert sorted(r.split("\t")[0] for r in report) == sorted(bad)
+    assert any("audio file not found" in r for r in report) and any("ZORK" in r for r in report)
+
+
+def test_an4_sphere_audio(an4_dir, tmp_path):
+    """The SphinxTrain archive's .sph files: decoded with libsndfile, stored as WAV."""
+    d = _an4_copy(an4_dir, tmp_path / "an4", train_speakers=2, per_speaker=2)
+    for w in list((d / "wav").rglob("*.wav")):
+        a, sr = sf.read(str(w), dtype="int16")
+        w.unlink()
+        sf.write(str(w.with_suffix(".sph")), a, sr, format="NIST", subtype="PCM_16")
+    t = prepare_corpus("an4", tmp_path / "o", corpus_dir=d, config=None)["an4"]
+    c = next(iter(t["test"]))
+    src = Path(c.recording.sources[0].source)
+    assert src.suffix == ".wav" and src.is_relative_to(tmp_path / "o" / "an4_wav")
+    ref = sf.read(str(an4_dir / "wav" / src.relative_to(tmp_path / "o" / "an4_wav")), dtype="int16")[0]
+    assert (c.load_audio()[0] * 32768).round().astype(np.int16).tolist() == ref.tolist()

@@ -91,7 +91,8 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     save_model(path, m, epoch=3, note="x")
     raw = torch.load(path, weights_only=True)
     assert raw["model_config"] == {"arch": "dnn", "input_dim": 3, "num_outputs": 5, "hidden_dim": 8,
-                                   "num_layers": 2, "context": 2, "activation": "relu", "utt_cmn": False, "init": "glorot"}
+                                   "num_layers": 2, "context": 2, "activation": "relu", "utt_cmn": False, "init": "glorot",
+                                   "dropout": 0.0}
     assert raw["epoch"] == 3 and not (tmp_path / "m.pt.tmp").exists()
     m2 = load_model(path)
     assert isinstance(m2, DNN) and not m2.training and m2.activation == "relu"
@@ -205,3 +206,27 @@ def test_linearize_jvp_matches_torch_func(activation: str) -> None:
     full = tuple(sub.get(n, torch.zeros_like(p)) for n, p in zip(names, params))
     _, ref_sub = jvp(lambda *ps: functional_call(model, dict(zip(names, ps)), (x, lens)), params, full)
     assert torch.allclose(lin(sub), ref_sub, atol=1e-10)
+
+
+def test_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    m = DNN(3, 4, hidden_dim=16, num_layers=2, context=1, dropout=0.5)
+    x = torch.randn(1, 6, 3)
+    m.eval()
+    torch.testing.assert_close(m(x), m(x))  # deterministic at evaluation
+    m2 = DNN(3, 4, hidden_dim=16, num_layers=2, context=1)
+    m2.load_state_dict(m.state_dict())
+    m2.eval()
+    torch.testing.assert_close(m(x), m2(x))  # inverted dropout: no rescaling at evaluation
+    m.train()
+    assert not torch.allclose(m(x), m(x))
+    assert m.model_config["dropout"] == 0.5
+    with pytest.raises(ValueError, match="dropout"):
+        DNNConfig(dropout=1.0)
+
+
+def test_hf_with_dropout_is_a_config_error():
+    from hfasr.train.ce import TrainConfig
+
+    with pytest.raises(ValueError, match="dnn.dropout 0.1 needs a first-order optimizer"):
+        TrainConfig(optimizer="hf", dnn=DNNConfig(dropout=0.1))

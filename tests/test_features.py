@@ -70,3 +70,39 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     bad.write_text("num_mel_bin: 13\n")
     assert main(["features", str(tmp_path), "--task", "yesno", "--config", str(bad)]) == 2
     assert "f.yaml: unknown key 'num_mel_bin'" in capsys.readouterr().err
+
+
+def test_speaker_cmvn(yesno_feats, tmp_path):
+    """cmvn: speaker stores features with zero mean / unit variance per speaker (a speed copy is
+    its own speaker); frame counts and ids are unchanged."""
+    from lhotse import CutSet
+    from lhotse.utils import fastcopy
+
+    from hfasr.data.features import cmvn_speaker, speaker_cmvn
+
+    _, feats = yesno_feats
+    assert cmvn_speaker(next(iter(feats["test"]))) == next(iter(feats["test"])).id  # no speaker: the cut
+    cuts = CutSet.from_cuts(fastcopy(c, supervisions=[fastcopy(s, speaker="S") for s in c.supervisions])
+                            for c in feats["train"])
+    norm = speaker_cmvn(cuts, tmp_path / "spk")
+    assert [c.id for c in norm] == [c.id for c in cuts]
+    groups: dict[str, list] = {}
+    for c in norm:
+        groups.setdefault(cmvn_speaker(c), []).append(c.load_features())
+    assert len(groups) == 3  # one speaker x speeds 0.9 / 1.0 / 1.1
+    for xs in groups.values():
+        x = np.concatenate(xs)
+        np.testing.assert_allclose(x.mean(0), 0.0, atol=2e-2)
+        np.testing.assert_allclose(x.std(0), 1.0, atol=2e-2)
+    c0, n0 = next(iter(cuts)), next(iter(norm))
+    assert n0.load_features().shape == c0.load_features().shape
+    # the transform is the per-speaker affine one (lilcom's precision)
+    base = [c for c in cuts if cmvn_speaker(c) == cmvn_speaker(c0)]
+    x = np.concatenate([c.load_features() for c in base]).astype(np.float64)
+    np.testing.assert_allclose(n0.load_features(), (c0.load_features() - x.mean(0)) / x.std(0), atol=3e-2)
+
+
+def test_speaker_cmvn_config_error(yesno_feats):
+    out, _ = yesno_feats
+    with pytest.raises(DataError, match="cmvn: expected none or speaker"):
+        compute_features(out, "yesno", FeatureConfig(num_mel_bins=23, cmvn="utt"), progress=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 
 from hfasr._kaldi import kaldifst, khg
 from hfasr.errors import DataError
-from hfasr.lang.arpa import read_arpa, train_witten_bell
+from hfasr.lang.arpa import perplexity, read_arpa, train_witten_bell
 from hfasr.lang.graphs import (
     accepts,
     arpa_to_fst,
@@ -25,7 +27,7 @@ from hfasr.lang.lexicon import (
     lexicon_dir,
     synth_vocabulary,
 )
-from hfasr.lang.prepare import LangConfig, build_lang, prepare_lang
+from hfasr.lang.prepare import Lang, LangConfig, build_lang, prepare_lang
 
 # ------------------------------------------------------------------------------------ lexicons
 
@@ -122,6 +124,20 @@ def test_arpa_normalised_per_history(tmp_path, order):
         total = sum(lm.prob(w, h) for w in vocab + ["</s>"])
         assert total == pytest.approx(1.0, abs=1e-5), h
     assert lm.prob("FOUR", ["ONE"]) > 0  # unseen words keep probability
+
+
+def test_perplexity_hand_computed():
+    # the model of test_witten_bell_hand_computed; </s> is scored, the OOV X is skipped
+    lm = train_witten_bell([["A", "B"], ["A"]], ["A", "B", "C"], order=2)
+    ppl, n_words, n_oov = perplexity(lm, [["A", "B"]])
+    assert (n_words, n_oov) == (2, 0)
+    assert ppl == pytest.approx((0.78125 * 0.359375 * 0.671875) ** (-1 / 3), rel=1e-9)
+    # p(C | A) backs off to the unigram; C is never a history, so p(</s> | C) is the unigram;
+    # after X the history (X) is unknown: p(</s> | A X) = p(</s>)
+    ppl, n_words, n_oov = perplexity(lm, [["A", "C"], ["A", "X"]])
+    assert (n_words, n_oov) == (4, 1)
+    logp = math.log10(0.78125 * (0.5 * 0.09375) * (2.75 / 8)) + math.log10(0.78125 * (2.75 / 8))
+    assert ppl == pytest.approx(10 ** (-logp / (4 - 1 + 2)), rel=1e-9)
 
 
 def test_lm_rejects_oov_and_empty():
@@ -286,3 +302,38 @@ def test_vocab_from_transcripts_with_user_lexicon(yesno_cuts, tmp_path):
     assert lang.lexicon.words == ["NO", "YES"]
     assert lang.lexicon.prons["YES"] == [("Y", "EH", "S")]
     assert sorted(p for p in lang.phones if p[0].isalpha()) == ["EH", "N", "OW", "S", "SIL", "Y"]
+
+
+# ------------------------------------------------------------------------------------------ an4
+
+# ../shared/data/an4, as conftest.py locates yesno and fsdd (HFASR_SHARED_DATA overrides)
+AN4 = Path(os.environ.get("HFASR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "an4"
+
+
+def test_an4_lang_uses_corpus_lexicon(tmp_path, capsys):
+    """hfasr lang on an4's manifests finds the lexicon `hfasr prepare` wrote; prints LM statistics."""
+    from hfasr.cli import main
+    from hfasr.data.corpora import prepare_corpus
+
+    if not AN4.is_dir():
+        pytest.fail(f"test corpus missing: {AN4} (set HFASR_SHARED_DATA to the shared/data folder)")
+    data = tmp_path / "data"
+    prepare_corpus("an4", data, corpus_dir=AN4)
+    capsys.readouterr()
+    assert main(["lang", "--data-dir", str(data), "--task", "an4", "--out", str(tmp_path / "lang")]) == 0
+    out = capsys.readouterr().out
+    lang = Lang(tmp_path / "lang")
+    dic_words = {ln.split()[0].split("(")[0] for ln in (AN4 / "etc" / "an4.dic").read_text().splitlines() if ln.strip()}
+    assert set(lang.lexicon.words) == dic_words and f"{len(dic_words)} words, 34 phones" in out
+    lex_lines = (tmp_path / "lang" / "lexicon.txt").read_text().splitlines()
+    assert "A AH" in lex_lines and "A EY" in lex_lines  # A and A(2)
+    assert len(lang.lexicon.prons["FEBRUARY"]) == 5  # FEBRUARY .. FEBRUARY(5)
+    stats = (tmp_path / "lang" / "lm_stats.txt").read_text().splitlines()
+    assert stats[0].startswith("# G (lm.arpa): 3-gram") and len(stats) == 3
+    assert stats[2].startswith("test: 130 sentences, 773 words, OOV rate ")
+    assert lang.lm_stats() == stats[1:] and all(s in out for s in stats[1:])
+    for line in stats[1:]:
+        ppl = float(line.split("perplexity ")[1].split()[0])
+        assert 2 < ppl < 101  # better than uniform over the vocabulary
+    with pytest.raises(DataError, match=r"no built-in lexicon and `hfasr prepare` wrote none"):
+        prepare_lang(data, "an4_other", tmp_path / "lang2")

@@ -5,5 +5,5 @@ raises :class:`hfasr.errors.HfasrError` for bad user input. Add a stage by addin
 its name to :data:`COMMANDS` (in pipeline order); command ``a-b`` is module ``a_b``.
 """
 
-COMMANDS = ["prepare", "features", "lang", "gmm", "train", "lattices", "loglikes", "decode", "ctc-decode", "ctc-align",
+COMMANDS = ["prepare", "features", "lang", "gmm", "train", "align", "lattices", "loglikes", "decode", "ctc-decode", "ctc-align",
             "score", "results", "report", "info"]

@@ -1,9 +1,12 @@
 """``hfasr lang --data-dir D --task T --out LANGDIR``: lexicon, phone/word tables, topology, L, G.
 
-The lexicon is built in for the known tasks (yesno, fsdd_*, synth; ``data/lang/``); other tasks
-(LibriSpeech, TIMIT) need ``--lexicon FILE`` (``WORD PHONE...`` lines). Every word of the
-train/dev/test transcripts must be in the lexicon. The n-gram LM (G) and the weak unigram LM
-(G_weak) are trained on the training transcripts.
+The lexicon is ``--lexicon FILE`` (``WORD PHONE...`` lines) if given, else the built-in one of
+the known tasks (yesno, fsdd_*, synth; ``data/lang/``), else the corpus's own dictionary that
+``hfasr prepare`` wrote as ``<data-dir>/<task>_lexicon.txt`` (an4); other tasks (LibriSpeech,
+TIMIT) need ``--lexicon``. Every word of the train/dev/test transcripts must be in the lexicon.
+The n-gram LM (G) and the weak unigram LM (G_weak) are trained on the training transcripts; the
+OOV rate (w.r.t. the words of the LM training text) and the perplexity of G on the dev and test
+transcripts are printed and written to ``LANGDIR/lm_stats.txt``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--task", required=True, help="task name, e.g. yesno, fsdd_conn, synth, librispeech")
     sp.add_argument("--out", type=Path, required=True, help="lang dir to write")
     sp.add_argument("--config", type=Path, help="YAML LangConfig")
-    sp.add_argument("--lexicon", type=Path, help="lexicon file (WORD PHONE... per line); default: built-in")
+    sp.add_argument("--lexicon", type=Path, help="lexicon file (WORD PHONE... per line); default: the built-in "
+                    "one, else DATA_DIR/<task>_lexicon.txt written by `hfasr prepare`")
     sp.add_argument("--lm-order", type=int, default=None, help="n-gram order of G (overrides the config)")
 
 
@@ -32,3 +36,5 @@ def run(args: argparse.Namespace) -> None:
     nphones = len([p for p in lang.phones if not p.startswith("#") and p != "<eps>"])
     nwords = len(lang.words) - 4
     print(f"{args.out}: {nwords} words, {nphones} phones, {len(lang.disambig)} disambiguation symbols")
+    for line in lang.lm_stats():
+        print(line)

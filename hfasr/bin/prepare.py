@@ -1,4 +1,8 @@
-"""``hfasr prepare CORPUS --out DIR``: corpus dir (or download) -> lhotse manifests."""
+"""``hfasr prepare CORPUS --out DIR``: corpus dir (or download) -> lhotse manifests.
+
+Corpora with their own pronunciation dictionary (an4) also write ``DIR/<task>_lexicon.txt``,
+which ``hfasr lang`` uses when the task has no built-in lexicon.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,9 @@ def run(args: argparse.Namespace) -> None:
         for split, cuts in splits.items():
             n, hours, spk = summarize(cuts)
             print(f"{task:12s} {split:6s} {n:6d} utts {hours:8.3f} h {spk:4d} speakers")
+        lexicon = Path(args.out) / f"{task}_lexicon.txt"
+        if lexicon.is_file():
+            print(f"{task:12s} lexicon {lexicon} (the corpus's dictionary; used by `hfasr lang`)")
     skipped = Path(args.out) / "skipped.txt"
     nskip = len(skipped.read_text().splitlines()) if skipped.is_file() else 0
     if nskip:

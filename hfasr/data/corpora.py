@@ -10,10 +10,15 @@ synth         ``synth``                       generated offline with eSpeak NG (
 yesno         ``yesno``                       lhotse's 30/30 split; dev = train (no dev set)
 fsdd          ``fsdd_iso``                    the corpus's own split: takes 0-4 test,
                                               5-9 dev, 10-49 train
-              ``fsdd_spk``                    held-out test speakers; dev = takes 0-4 of the
+              ``fsdd_spk``                    held-out test speakers (theo) and dev speakers
+                                              (jackson), train = the other speakers; with
+                                              ``dev_speakers: []`` dev = takes 0-4 of the
                                               training speakers, train = their takes 5-49
               ``fsdd_conn``                   connected digits (3-7 per utterance) built from
                                               ``fsdd_spk``'s recordings, split the same way
+an4           ``an4``                         CMU AN4: the official test set (10 speakers);
+                                              dev = whole speakers (~100 utterances) held out
+                                              of the official train set, train = the rest
 librispeech   ``librispeech``                 lhotse's recipe; train = all train-* parts,
 mini_librispeech                              dev = dev-clean, test = test-clean (+ -other)
 timit         ``timit``                       lhotse's recipe (TRAIN / DEV / TEST speakers)
@@ -31,6 +36,7 @@ import random
 import re
 import shutil
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +47,8 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 
 from hfasr.config import load_config
 from hfasr.data.audio import check_audio_file
-from hfasr.errors import DataError, HfasrError
+from hfasr.errors import ConfigError, DataError, HfasrError
+from hfasr.lang.lexicon import Lexicon
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +176,9 @@ class FsddConfig:
     """Options of ``hfasr prepare fsdd``."""
 
     test_speakers: list[str] = field(default_factory=lambda: ["theo"])  # held out in fsdd_spk/fsdd_conn
+    # fsdd_spk / fsdd_conn dev: all recordings of these speakers (also held out of training: a
+    # speaker-disjoint dev set); [] = takes 0..own_test_takes-1 of the training speakers
+    dev_speakers: list[str] = field(default_factory=lambda: ["jackson"])
     own_test_takes: int = 5  # takes 0..4 are the corpus's own test set
     own_dev_takes: int = 5  # fsdd_iso: the next 5 takes (5..9) are dev
     conn_min_digits: int = 3  # digits per connected utterance, inclusive range
@@ -285,22 +295,28 @@ def prepare_fsdd(corpus_dir: Path | None, cfg: FsddConfig, bad: BadItems, out_di
     corpus_dir = _require_dir(corpus_dir, "fsdd")
     items = _fsdd_files(corpus_dir, bad)
     speakers = sorted({it[2] for it in items})
-    missing = [s for s in cfg.test_speakers if s not in speakers]
-    if missing:
-        raise DataError(f"fsdd: test speaker(s) {missing} have no recordings in {corpus_dir} (present: {speakers}); "
-                        "set test_speakers in the prepare config")
-    train_spk = [s for s in speakers if s not in cfg.test_speakers]
+    for key, names in (("test_speakers", cfg.test_speakers), ("dev_speakers", cfg.dev_speakers)):
+        missing = [s for s in names if s not in speakers]
+        if missing:
+            raise DataError(f"fsdd: {key} {missing} have no recordings in {corpus_dir} (present: {speakers}); "
+                            f"set {key} in the prepare config")
+    both = sorted(set(cfg.test_speakers) & set(cfg.dev_speakers))
+    if both:
+        raise DataError(f"fsdd: speaker(s) {both} are in both test_speakers and dev_speakers")
+    held_out = set(cfg.test_speakers) | set(cfg.dev_speakers)
+    train_spk = [s for s in speakers if s not in held_out]
     if not train_spk:
-        raise DataError("fsdd: every speaker is a test speaker; nothing left to train on")
+        raise DataError("fsdd: every speaker is a test or dev speaker; nothing left to train on")
     t0, d0 = cfg.own_test_takes, cfg.own_test_takes + cfg.own_dev_takes
     iso = {
         "train": [it for it in items if it[3] >= d0],
         "dev": [it for it in items if t0 <= it[3] < d0],
         "test": [it for it in items if it[3] < t0],
     }
+    dev_spk = cfg.dev_speakers
     spk = {
-        "train": [it for it in items if it[2] in train_spk and it[3] >= t0],
-        "dev": [it for it in items if it[2] in train_spk and it[3] < t0],
+        "train": [it for it in items if it[2] in train_spk and (it[3] >= t0 or dev_spk)],
+        "dev": [it for it in items if it[2] in dev_spk or (not dev_spk and it[2] in train_spk and it[3] < t0)],
         "test": [it for it in items if it[2] in cfg.test_speakers],
     }
     tasks = {
@@ -329,6 +345,238 @@ def _download_fsdd(target: Path) -> Path:
     if not found:
         raise DataError(f"{zpath}: archive did not contain free-spoken-digit-dataset-*/")
     return found[0]
+
+
+# ------------------------------------------------------------------------------------------- an4
+
+AN4_URL = "http://www.speech.cs.cmu.edu/databases/an4/an4_sphere.tar.gz"
+AN4_FILLERS = ("<s>", "</s>", "<sil>")  # an4.filler: silence markers, not words
+_AN4_LINE = re.compile(r"(.*?)\s*\(([^()\s]+)\)\s*")  # "<s> WORDS </s> (utt-id)"
+
+
+@dataclass
+class An4Config:
+    """Options of ``hfasr prepare an4``."""
+
+    dev_speakers: list[str] | None = None  # dev = all utterances of these training speakers; None = choose
+    dev_utterances: int = 100  # automatic choice: whole speakers until dev has at least this many utterances
+    seed: int = 0  # shuffles the sorted training speakers for the automatic choice
+
+
+@dataclass(frozen=True)
+class An4Utt:
+    """One line of ``an4_<part>.fileids`` with its transcript line."""
+
+    utt: str  # utterance id = recording id (the fileid's base name)
+    speaker: str  # the fileid's folder name
+    fileid: str  # path below ``wav/`` without extension
+    text: str  # words without the fillers <s> </s> <sil>
+    where: str  # "<fileids>:<line>" for error messages
+
+
+def read_an4_dictionary(path: Path) -> Lexicon:
+    """Read CMU ``an4.dic`` (``WORD  PH PH ...``, alternates ``WORD(2)``) into a Lexicon."""
+    if not path.is_file():
+        raise DataError(f"{path}: AN4 pronunciation dictionary not found (expected etc/an4.dic)")
+    lex = Lexicon()
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith(";;"):
+            continue
+        word = re.sub(r"\(\d+\)$", "", fields[0])
+        if len(fields) < 2 or not word:
+            raise DataError(f"{path}:{lineno}: dictionary entry '{fields[0]}' has no phones")
+        lex.add(word, fields[1:])
+    if len(lex) == 0:
+        raise DataError(f"{path}: the AN4 dictionary is empty")
+    return lex
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, stripped line)`` of the non-empty lines of ``path``."""
+    if not path.is_file():
+        raise DataError(f"{path}: AN4 list file not found")
+    return [(i, ln.strip()) for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+
+
+def _an4_pair(fid: tuple[int, str], trans: tuple[int, str] | None, fid_path: Path, trans_path: Path,
+              counts: str) -> An4Utt:
+    """Check one fileids line against its transcription line (same position) and parse both."""
+    fileid, where = fid[1], f"{fid_path}:{fid[0]}"
+    utt, speaker = Path(fileid).name, Path(fileid).parent.name
+    if not speaker:
+        raise DataError(f"{where}: fileid '{fileid}' has no speaker folder (want <part>/<speaker>/<utt>)")
+    if trans is None:
+        raise DataError(f"{where}: utterance '{utt}' has no line in {trans_path} ({counts})")
+    tline, text = trans
+    m = _AN4_LINE.fullmatch(text)
+    if m is None:
+        raise DataError(f"{trans_path}:{tline}: not an AN4 transcript line '<s> WORDS </s> (utt-id)' "
+                        f"(expected utterance '{utt}' of {where}): {text!r}")
+    if m.group(2) != utt:
+        raise DataError(f"{trans_path}:{tline}: transcript of utterance '{m.group(2)}' does not match fileid "
+                        f"'{fileid}' ({where}); the two files must list the same utterances in the same "
+                        f"order ({counts})")
+    words = [w for w in m.group(1).split() if w not in AN4_FILLERS]
+    return An4Utt(utt, speaker, fileid, _check_text(" ".join(words), utt, f"{trans_path}:{tline}"), where)
+
+
+def read_an4_part(corpus_dir: Path, part: str, bad: BadItems) -> list[An4Utt]:
+    """Utterances of ``etc/an4_<part>.fileids`` + ``.transcription`` (part: train or test).
+
+    Pairs the files line by line; a transcript whose id is not the fileid's base name, a line
+    without a partner, an unparsable or empty transcript is a bad utterance (DataError naming it).
+    """
+    fid_path = corpus_dir / "etc" / f"an4_{part}.fileids"
+    trans_path = corpus_dir / "etc" / f"an4_{part}.transcription"
+    fids, trans = _read_lines(fid_path), _read_lines(trans_path)
+    counts = f"{len(fids)} fileids, {len(trans)} transcripts"
+    out: list[An4Utt] = []
+    seen: set[str] = set()
+    for i, fid in enumerate(fids):
+        item = bad.check(Path(fid[1]).name, _an4_pair, fid, trans[i] if i < len(trans) else None,
+                         fid_path, trans_path, counts)
+        if item is None:
+            continue
+        if item.utt in seen:
+            def _dup(item=item):
+                raise DataError(f"{item.where}: utterance '{item.utt}' is listed twice")
+            bad.check(item.utt, _dup)
+            continue
+        seen.add(item.utt)
+        out.append(item)
+    for tline, text in trans[len(fids):]:
+        def _extra(tline=tline, text=text):
+            raise DataError(f"{trans_path}:{tline}: transcript {text!r} has no line in {fid_path} ({counts})")
+        m = _AN4_LINE.fullmatch(text)
+        bad.check(m.group(2) if m else f"{trans_path}:{tline}", _extra)
+    return out
+
+
+def _an4_audio(corpus_dir: Path, item: An4Utt, out_dir: Path) -> Path:
+    """The checked audio file of ``item``: ``wav/<fileid>.wav``, or ``.sph`` converted to WAV.
+
+    lhotse reads ``.sph`` only through the ``sph2pipe`` binary, so SPHERE files (the SphinxTrain
+    archive) are decoded with libsndfile (uncompressed PCM) and written to
+    ``<out>/an4_wav/<fileid>.wav`` once.
+    """
+    base = corpus_dir / "wav" / item.fileid
+    wav, sph = base.with_name(base.name + ".wav"), base.with_name(base.name + ".sph")
+    if wav.is_file():
+        check_audio_file(wav)
+        return wav
+    if not sph.is_file():
+        raise DataError(f"{wav}: audio file not found for utterance '{item.utt}' ({item.where}; no .sph either)")
+    dst = out_dir / "an4_wav" / f"{item.fileid}.wav"
+    if not dst.is_file() or dst.stat().st_mtime < sph.stat().st_mtime:
+        try:
+            info = check_audio_file(sph)
+            audio, sr = sf.read(str(sph), dtype="int16", always_2d=True)
+        except (DataError, RuntimeError) as e:  # libsndfile's errors are RuntimeErrors
+            raise DataError(f"{sph}: cannot decode this SPHERE file of utterance '{item.utt}' ({e}); "
+                            "convert the corpus to WAV first, e.g. `sox X.sph X.wav` (or "
+                            "`sph2pipe -f wav X.sph X.wav`) next to each .sph") from e
+        if info.num_channels != 1:
+            audio = audio[:, :1]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".tmp.wav")
+        sf.write(str(tmp), audio, sr, subtype="PCM_16")
+        tmp.replace(dst)
+    check_audio_file(dst)
+    return dst
+
+
+def _an4_dev_speakers(train: list[An4Utt], cfg: An4Config) -> list[str]:
+    """Training speakers held out as dev: ``cfg.dev_speakers``, or whole speakers taken from the
+    seeded shuffle of the sorted speakers until dev has ``cfg.dev_utterances`` utterances (at
+    most all but one speaker)."""
+    count = Counter(u.speaker for u in train)
+    speakers = sorted(count)
+    if cfg.dev_speakers is not None:
+        missing = [s for s in cfg.dev_speakers if s not in count]
+        if missing:
+            raise DataError(f"an4: dev_speakers {missing} are not training speakers (present: {speakers}); "
+                            "set dev_speakers in the prepare config")
+        chosen = sorted(set(cfg.dev_speakers))
+    else:
+        if cfg.dev_utterances < 1:
+            raise ConfigError(f"an4: dev_utterances must be >= 1, got {cfg.dev_utterances}")
+        order = speakers[:]
+        random.Random(cfg.seed).shuffle(order)
+        chosen, n = [], 0
+        for s in order[:-1]:  # leave at least one training speaker
+            if n >= cfg.dev_utterances:
+                break
+            chosen.append(s)
+            n += count[s]
+        if n < cfg.dev_utterances:
+            log.warning("an4: dev has only %d utterances (dev_utterances %d): one training speaker is kept",
+                        n, cfg.dev_utterances)
+        chosen.sort()
+    if len(chosen) >= len(speakers):
+        raise DataError(f"an4: every training speaker is a dev speaker ({len(speakers)}); nothing left to train on")
+    return chosen
+
+
+def prepare_an4(corpus_dir: Path | None, cfg: An4Config, bad: BadItems, out_dir: Path,
+                download_dir: Path | None = None) -> dict:
+    """CMU AN4: task ``an4`` (test = the official test set, dev = whole speakers held out of the
+    official training set, train = the other training speakers).
+
+    ``corpus_dir`` holds ``etc/`` and ``wav/`` (``.wav``, or ``.sph`` as in the SphinxTrain
+    archive). Every transcript word must be in ``etc/an4.dic``, which is also written as
+    ``<out>/an4_lexicon.txt`` (one line per pronunciation) for ``hfasr lang``. The dev speakers
+    are chosen from all listed training utterances, so skipping bad ones does not change them.
+    """
+    if download_dir is not None:
+        corpus_dir = _download_an4(download_dir)
+    corpus_dir = _require_dir(corpus_dir, "an4")
+    if not (corpus_dir / "etc").is_dir() and (corpus_dir / "an4" / "etc").is_dir():
+        corpus_dir = corpus_dir / "an4"
+    dic_path = corpus_dir / "etc" / "an4.dic"
+    lex = read_an4_dictionary(dic_path)
+    parts = {p: read_an4_part(corpus_dir, p, bad) for p in ("train", "test")}
+    dev_spk = set(_an4_dev_speakers(parts["train"], cfg))
+    log.info("an4: dev speakers %s", sorted(dev_spk))
+    test_spk = {u.speaker for u in parts["test"]} & {u.speaker for u in parts["train"]}
+    if test_spk:
+        log.warning("an4: speaker(s) %s occur in both the training and the test list", sorted(test_spk))
+
+    def _one(item: An4Utt) -> tuple[Recording, SupervisionSegment]:
+        for w in item.text.split():
+            if w not in lex:
+                raise DataError(f"word '{w}' of utterance '{item.utt}' ({item.where}) is not in {dic_path}")
+        audio = _an4_audio(corpus_dir, item, out_dir)
+        rec = Recording.from_file(audio, recording_id=item.utt)
+        sup = SupervisionSegment(id=item.utt, recording_id=item.utt, start=0.0, duration=rec.duration, channel=0,
+                                 text=item.text, speaker=item.speaker, language="English")
+        return rec, sup
+
+    pairs: dict[str, list] = {s: [] for s in SPLITS}
+    for part, items in parts.items():
+        for item in items:
+            split = "test" if part == "test" else "dev" if item.speaker in dev_spk else "train"
+            rs = bad.check(item.utt, _one, item)
+            if rs is not None:
+                pairs[split].append(rs)
+    lex.write(out_dir / "an4_lexicon.txt")
+    return {"an4": {s: _cuts([r for r, _ in pairs[s]], [x for _, x in pairs[s]]) for s in SPLITS}}
+
+
+def _download_an4(target: Path) -> Path:
+    """Fetch and unpack the SphinxTrain AN4 archive (NIST SPHERE audio) into ``target``/an4."""
+    import tarfile
+
+    from lhotse.utils import resumable_download
+
+    target.mkdir(parents=True, exist_ok=True)
+    tpath = target / "an4_sphere.tar.gz"
+    resumable_download(AN4_URL, filename=tpath)
+    with tarfile.open(tpath) as t:
+        t.extractall(target, filter="data")
+    if not (target / "an4" / "etc").is_dir():
+        raise DataError(f"{tpath}: archive did not contain an4/etc/")
+    return target / "an4"
 
 
 # ---------------------------------------------------------------------------- librispeech, timit
@@ -485,6 +733,7 @@ CORPORA: dict[str, Callable[[], type]] = {
     "synth": _synth_config,
     "yesno": lambda: YesnoConfig,
     "fsdd": lambda: FsddConfig,
+    "an4": lambda: An4Config,
     "librispeech": lambda: LibrispeechConfig,
     "mini_librispeech": lambda: LibrispeechConfig,
     "timit": lambda: TimitConfig,
@@ -519,6 +768,8 @@ def prepare_corpus(name: str, out_dir: str | Path, corpus_dir: str | Path | None
         tasks = prepare_yesno(corpus_dir, cfg, bad, download_dir)
     elif name == "fsdd":
         tasks = prepare_fsdd(corpus_dir, cfg, bad, out_dir, download_dir)
+    elif name == "an4":
+        tasks = prepare_an4(corpus_dir, cfg, bad, out_dir, download_dir)
     elif name in ("librispeech", "mini_librispeech"):
         tasks = prepare_librispeech(corpus_dir, cfg, bad, out_dir, download_dir, mini=name == "mini_librispeech")
     else:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, load_manifest
+from lhotse.utils import fastcopy
 
 from hfasr.data.corpora import SPLITS, manifest_path
 from hfasr.errors import DataError
@@ -34,6 +37,10 @@ class FeatureConfig:
     low_freq: float = 20.0  # Hz
     high_freq: float = 0.0  # Hz; <= 0 means Nyquist + high_freq (Kaldi's convention)
     speed_perturb: bool = False  # add 0.9x and 1.1x speed copies of the training set
+    # stored features: "none" = fbank as computed; "speaker" = mean and variance normalised per
+    # speaker over all of the speaker's utterances in the split (Kaldi's apply-cmvn with spk2utt;
+    # a speed-perturbed copy counts as its own speaker)
+    cmvn: Literal["none", "speaker"] = "none"
     num_jobs: int = 1  # extraction processes; >1 only pays off on large corpora (worker start-up)
 
 
@@ -76,11 +83,43 @@ def compute_features(data_dir: str | Path, task: str, cfg: FeatureConfig | None 
         ).to_eager()
         # lhotse returns cuts in completion order with multiple jobs: keep a stable order.
         with_feats = CutSet.from_cuts(sorted(with_feats, key=lambda c: c.id))
+        if cfg.cmvn == "speaker":
+            with_feats = speaker_cmvn(with_feats, feats_dir / f"{task}_{split}_spkcmvn")
+        elif cfg.cmvn != "none":
+            raise DataError(f"cmvn: expected none or speaker, got {cfg.cmvn!r}")
         with_feats.to_file(manifest_path(data_dir, task, split, "feats"))
         out[split] = with_feats
     stats = out["train"].compute_global_feature_stats()
     save_stats(data_dir / f"{task}_stats.pt", torch.from_numpy(stats["norm_means"]), torch.from_numpy(stats["norm_stds"]))
     return out
+
+
+def cmvn_speaker(cut) -> str:
+    """The CMVN group of a cut: its supervision's speaker (the cut id if it has none), with a
+    speed-perturbed copy's ``_sp<factor>`` suffix appended."""
+    spk = (cut.supervisions[0].speaker if cut.supervisions else None) or cut.id
+    tail = cut.id.rsplit("_sp", 1)
+    return f"{spk}_sp{tail[1]}" if len(tail) == 2 and tail[1].replace(".", "").isdigit() else spk
+
+
+def speaker_cmvn(cuts: CutSet, storage: Path) -> CutSet:
+    """Per-speaker mean / variance normalised copies of ``cuts``' features, stored at ``storage``
+    (lilcom); returns the cuts pointing at them, in the same order."""
+    groups: dict[str, list] = {}
+    for c in cuts:
+        groups.setdefault(cmvn_speaker(c), []).append(c)
+    out = {}
+    with LilcomChunkyWriter(storage) as writer:
+        for group in groups.values():
+            feats = [c.load_features().astype(np.float64) for c in group]
+            x = np.concatenate(feats)
+            mean, std = x.mean(0), np.maximum(x.std(0), 1e-5)
+            for c, f in zip(group, feats):
+                key = writer.write(c.id, ((f - mean) / std).astype(np.float32))
+                out[c.id] = fastcopy(c, features=fastcopy(c.features, storage_type=writer.name,
+                                                              storage_path=str(writer.storage_path), storage_key=key))
+    log.info("speaker CMVN over %d speakers -> %s", len(groups), storage)
+    return CutSet.from_cuts([out[c.id] for c in cuts])
 
 
 def save_stats(path: Path, mean: torch.Tensor, std: torch.Tensor) -> None:

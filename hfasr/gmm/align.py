@@ -1,9 +1,12 @@
-"""Viterbi alignment with kaldi-hmm-gmm (``gmm-align-compiled``), and GMM scoring in torch.
+"""Viterbi alignment with kaldi-hmm-gmm (``gmm-align-compiled`` / ``align-compiled-mapped``), and GMM
+scoring in torch.
 
 Alignment runs Kaldi's ``AlignUtteranceWrapper`` on a training graph with transition
-probabilities added and a ``DecodableAmDiagGmmScaled`` (which only evaluates the pdfs active in
-the beam). :func:`align_bank` spreads the utterances over worker processes (fork) when
-``num_jobs > 1``. :func:`component_loglikes` scores all frames of one pdf at once for the EM
+probabilities added and a decodable made per utterance by a factory: :func:`gmm_decodable`
+(``DecodableAmDiagGmmScaled``, which only evaluates the pdfs active in the beam) or
+:class:`MatrixDecodable` (precomputed pdf log-likelihoods, e.g. a hybrid DNN's: ``hfasr align``,
+``align-compiled-mapped``). :func:`align_bank` spreads the utterances over worker processes
+(fork) when ``num_jobs > 1``. :func:`component_loglikes` scores all frames of one pdf at once for the EM
 statistics (:func:`hfasr.gmm.train.accumulate`).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from hfasr._kaldi import kaldifst, khg
+from hfasr.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +59,56 @@ def compile_graphs(model, lang, texts: list[str], cut_ids: list[str]) -> list[ka
     return [gc.compile_graph_from_text(lang.word_ids(t, cid)) for t, cid in zip(texts, cut_ids)]
 
 
+# A decodable factory: ``make(x, acoustic_scale)`` -> the Kaldi decodable of one utterance whose
+# ``log_likelihood(t, tid)`` is ``acoustic_scale`` times the log-likelihood of frame t under the
+# pdf of transition-id ``tid``; ``x`` is the utterance's rows of the bank (features or scores).
+DecodableFactory = Callable[[np.ndarray, float], "khg.DecodableInterface"]
+
+
+def gmm_decodable(model) -> DecodableFactory:
+    """The GMM's factory (``gmm-align-compiled``): ``x`` = GMM features ``[T, D]``.
+
+    ``model.am`` is read at call time (the EM passes replace it)."""
+
+    def make(x: np.ndarray, acoustic_scale: float):
+        return khg.DecodableAmDiagGmmScaled(am=model.am, tm=model.tm, feats=x, scale=acoustic_scale)
+
+    return make
+
+
+class MatrixDecodable:
+    """Factory for precomputed pdf log-likelihoods ``x [T, num_pdfs]`` (e.g. a hybrid DNN's
+    ``log p(pdf|x) - log prior(pdf)``): Kaldi's ``DecodableMatrixScaledMapped``
+    (``align-compiled-mapped``, nnet1's ``steps/nnet/align.sh``).
+
+    kaldi-hmm-gmm 1.1.4 binds no matrix decodable except ``DecodableCtc(M)``, whose
+    ``log_likelihood(t, i)`` is ``M[t, i - 1]`` with ``i`` the graph's input label, here the
+    transition-id; so ``M[t, tid - 1] = acoustic_scale * x[t, pdf(tid)]`` is the mapped, scaled
+    matrix (``num_transition_ids`` columns instead of ``num_pdfs``).
+    """
+
+    def __init__(self, tm: khg.TransitionModel) -> None:
+        self.num_pdfs = int(tm.num_pdfs)
+        self.tid2pdf = np.asarray(tm.transition_id_to_pdf_array(), dtype=np.int64)[1:]  # column tid-1
+
+    def __call__(self, x: np.ndarray, acoustic_scale: float):
+        if x.ndim != 2 or x.shape[1] != self.num_pdfs:
+            raise DataError(f"log-likelihoods of shape {tuple(x.shape)} for a transition model with "
+                            f"{self.num_pdfs} pdfs")
+        m = np.ascontiguousarray(acoustic_scale * x[:, self.tid2pdf], dtype=np.float32)
+        return khg.DecodableCtc(m)
+
+
 def align_one(graph: kaldifst.StdVectorFst, model, feats: np.ndarray, opts: AlignOptions,
-              cut_id: str = "") -> tuple[list[int] | None, float]:
+              cut_id: str = "", decodable: DecodableFactory | None = None) -> tuple[list[int] | None, float]:
     """Align one utterance; ``(transition-ids, log-likelihood)`` or ``(None, 0)`` on failure.
 
-    Tries ``beam`` (with Kaldi's automatic retry at ``retry_beam``), then, if
+    ``feats`` are the utterance's rows for ``decodable`` (default :func:`gmm_decodable` of
+    ``model``: GMM features; :class:`MatrixDecodable`: pdf log-likelihoods); only ``model.tm``
+    is used otherwise. Tries ``beam`` (with Kaldi's automatic retry at ``retry_beam``), then, if
     ``last_resort_beam > 0``, once more with that beam in careful mode.
     """
+    make = decodable or gmm_decodable(model)
     g = graph.copy()
     khg.add_transition_probs(trans_model=model.tm, disambig_syms=[], transition_scale=opts.transition_scale,
                              self_loop_scale=opts.self_loop_scale, fst=g)
@@ -68,7 +116,7 @@ def align_one(graph: kaldifst.StdVectorFst, model, feats: np.ndarray, opts: Alig
     if opts.last_resort_beam > 0:
         tries.append((opts.last_resort_beam, 0.0, True))
     for beam, retry, careful in tries:
-        dec = khg.DecodableAmDiagGmmScaled(am=model.am, tm=model.tm, feats=feats, scale=opts.acoustic_scale)
+        dec = make(feats, opts.acoustic_scale)
         cfg = khg.AlignConfig(beam=beam, retry_beam=retry, careful=careful)
         done, _, _, like, _, ali, _ = khg.align_utterance_wrapper(
             config=cfg, utt=cut_id, acoustic_scale=opts.acoustic_scale, fst=g, decodable=dec, num_done=0,
@@ -76,6 +124,14 @@ def align_one(graph: kaldifst.StdVectorFst, model, feats: np.ndarray, opts: Alig
         if done == 1 and len(ali) == feats.shape[0]:
             return list(ali), float(like)
     return None, 0.0
+
+
+def failure_reason(opts: AlignOptions) -> str:
+    """The ``ali_<split>_excluded.txt`` reason of a cut :func:`align_one` gave up on."""
+    beams = f"beam {opts.beam:g}, retry beam {opts.retry_beam:g}"
+    if opts.last_resort_beam > 0:
+        beams += f", careful beam {opts.last_resort_beam:g}"
+    return f"alignment failed ({beams}): no path of the transcript's graph survives the beam"
 
 
 # The state a forked worker reads (set by align_bank right before the pool starts).
@@ -92,15 +148,21 @@ def _align_range(args: tuple[int, int]) -> list[tuple[int, list[int] | None, flo
     out = []
     for i in range(lo, hi):
         x = np.ascontiguousarray(w["bank"].feats(i).numpy())
-        ali, like = align_one(w["graphs"][i], w["model"], x, w["opts"], w["bank"].cut_ids[i])
+        ali, like = align_one(w["graphs"][i], w["model"], x, w["opts"], w["bank"].cut_ids[i], w["decodable"])
         out.append((i, ali, like))
     return out
 
 
 def align_bank(bank, graphs, model, opts: AlignOptions, num_jobs: int = 1, progress: bool = True,
-               desc: str = "align") -> tuple[list[list[int] | None], float]:
-    """Align every utterance of ``bank``; returns the alignments (None = failed) and total log-lik."""
-    _WORK.update(bank=bank, graphs=graphs, model=model, opts=opts)
+               desc: str = "align", decodable: DecodableFactory | None = None
+               ) -> tuple[list[list[int] | None], float]:
+    """Align every utterance of ``bank``; returns the alignments (None = failed) and total log-lik.
+
+    ``bank`` holds the rows ``decodable`` scores (default: GMM features scored by ``model``; a
+    bank of pdf log-likelihoods with :class:`MatrixDecodable`). Workers are forked: whatever
+    ``decodable`` needs must exist before the call (no torch work in the workers).
+    """
+    _WORK.update(bank=bank, graphs=graphs, model=model, opts=opts, decodable=decodable or gmm_decodable(model))
     n = len(bank)
     alis: list[list[int] | None] = [None] * n
     tot = 0.0

@@ -147,6 +147,33 @@ def train_witten_bell(sentences: Iterable[list[str]], vocab: Iterable[str], orde
     return lm
 
 
+def perplexity(lm: NgramLM, sentences: Iterable[list[str]]) -> tuple[float, int, int]:
+    """Perplexity of ``lm`` on tokenised ``sentences``, counted as SRILM's ``ngram -ppl`` does.
+
+    Each sentence is scored as ``<s> w1 .. wn </s>`` (``</s>`` included). Words outside the
+    model's vocabulary (OOV) are not scored and not counted; the words after one see it in their
+    history and so back off past it. Returns ``(ppl, n_words, n_oov)``: ``n_words`` counts the
+    sentence words (without ``</s>``, OOVs included), and
+    ``ppl = 10 ** (-sum log10 p / (n_words - n_oov + n_sentences))``; ``inf`` with nothing to score.
+    """
+    vocab = set(lm.vocab)
+    logprob, n_words, n_oov, n_sent = 0.0, 0, 0, 0
+    for sent in sentences:
+        n_sent += 1
+        hist = [BOS]
+        for w in list(sent) + [EOS]:
+            if w != EOS:
+                n_words += 1
+                if w not in vocab:
+                    n_oov += 1
+                    hist.append(w)
+                    continue
+            logprob += lm.log10_prob(w, hist)
+            hist.append(w)
+    denom = n_words - n_oov + n_sent
+    return (10.0 ** (-logprob / denom) if denom else math.inf), n_words, n_oov
+
+
 def read_arpa(path: str | Path) -> NgramLM:
     """Parse an ARPA file (used by tests and for inspecting models)."""
     path = Path(path)

@@ -3,7 +3,8 @@
 Files written (``docs/formats.md``, "Lang dir"): ``phones.txt``, ``words.txt``,
 ``lexicon.txt``, ``topo``, ``disambig.int``, ``L.fst``, ``L_disambig.fst``, ``lm.arpa``,
 ``G.fst``, ``lm_weak.arpa``, ``G_weak.fst`` and ``config.yaml`` (the resolved
-:class:`LangConfig`). :class:`Lang` loads such a directory.
+:class:`LangConfig`); :func:`prepare_lang` adds ``lm_stats.txt`` (OOV rate and perplexity of G on
+the transcripts that G is not trained on, :class:`LmStats`). :class:`Lang` loads such a directory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 
 from hfasr.config import save_config
 from hfasr.errors import DataError
-from hfasr.lang.arpa import train_witten_bell
+from hfasr.lang.arpa import NgramLM, perplexity, read_arpa, train_witten_bell
 from hfasr.lang.graphs import (
     arpa_to_fst,
     make_lexicon_fst,
@@ -66,35 +67,101 @@ def read_transcripts(data_dir: Path, task: str, split: str) -> tuple[list[tuple[
     return out, path
 
 
+def find_lexicon(data_dir: Path, task: str, lexicon: str | Path | None = None) -> tuple[Path, bool]:
+    """The lexicon file of ``task`` and whether it is a built-in one.
+
+    In order: ``lexicon`` (given by the user), the task's built-in lexicon (``data/lang/``),
+    ``<data_dir>/<task>_lexicon.txt`` (the corpus's own dictionary, written by ``hfasr prepare``,
+    e.g. AN4's). Raises DataError when there is none.
+    """
+    if lexicon is not None:
+        return Path(lexicon), False
+    builtin = builtin_lexicon_path(task)
+    if builtin is not None:
+        return builtin, True
+    own = Path(data_dir) / f"{task}_lexicon.txt"
+    if own.is_file():
+        return own, False
+    raise DataError(f"task '{task}' has no built-in lexicon and `hfasr prepare` wrote none ({own} not found); "
+                    "pass --lexicon FILE")
+
+
 def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConfig | None = None,
                  lexicon: str | Path | None = None) -> Lang:
     """Build the lang dir ``out`` for ``task`` from the transcripts in ``data_dir``.
 
-    ``lexicon`` (a ``WORD PHONE...`` file) is required for tasks without a built-in lexicon.
-    Raises DataError naming the word and the utterance when a transcript word is missing from
-    the lexicon.
+    The lexicon is ``lexicon`` (a ``WORD PHONE...`` file), else the task's built-in one, else the
+    corpus's own ``<data_dir>/<task>_lexicon.txt`` (:func:`find_lexicon`). Raises DataError naming
+    the word and the utterance when a transcript word is missing from the lexicon. Also writes
+    ``lm_stats.txt``: OOV rate and perplexity of G on the check splits that G is not trained on.
     """
     cfg = cfg or LangConfig()
     data_dir, out = Path(data_dir), Path(out)
-    if lexicon is None:
-        lexicon = builtin_lexicon_path(task)
-        if lexicon is None:
-            raise DataError(f"task '{task}' has no built-in lexicon; pass --lexicon FILE")
-        lex = Lexicon.read(lexicon)
-    else:
-        lex = Lexicon.read(lexicon, strip_stress_digits=cfg.strip_stress)
+    lexicon, builtin = find_lexicon(data_dir, task, lexicon)
+    lex = Lexicon.read(lexicon) if builtin else Lexicon.read(lexicon, strip_stress_digits=cfg.strip_stress)
     log.info("lexicon %s: %d words", lexicon, len(lex))
 
     used: set[str] = set()
     lm_text: list[list[str]] = []
+    held_out: dict[str, list[list[str]]] = {}
     for split in dict.fromkeys(cfg.check_splits + cfg.lm_splits):
         trans, path = read_transcripts(data_dir, task, split)
         used |= check_coverage(lex, trans, str(path))
         if split in cfg.lm_splits:
             lm_text += [t.split() for _, t in trans]
+        else:
+            held_out[split] = [t.split() for _, t in trans]
     if cfg.vocab == "transcripts":
         lex = lex.restrict(used)
-    return build_lang(lex, lm_text, out, cfg)
+    lang = build_lang(lex, lm_text, out, cfg)
+    stats = lm_stats(read_arpa(out / "lm.arpa"), lm_text, held_out)
+    write_lm_stats(out / "lm_stats.txt", stats, cfg, lm_text)
+    for st in stats:
+        log.info("%s", st.line(cfg.lm_order))
+    return lang
+
+
+@dataclass
+class LmStats:
+    """How well the LM (G) predicts one split's transcripts."""
+
+    split: str
+    sentences: int
+    words: int  # running words (without </s>)
+    oov_text: int  # running words whose word never occurs in the LM training text
+    ppl: float  # perplexity of G (</s> included, OOVs of G skipped: :func:`~hfasr.lang.arpa.perplexity`)
+    ppl_oov: int  # running words outside G's vocabulary (not scored)
+
+    @property
+    def oov_rate(self) -> float:
+        """Fraction of running words not seen in the LM training text."""
+        return self.oov_text / self.words if self.words else 0.0
+
+    def line(self, order: int) -> str:
+        """One summary line, as in ``lm_stats.txt`` and the ``hfasr lang`` output."""
+        return (f"{self.split}: {self.sentences} sentences, {self.words} words, OOV rate "
+                f"{100 * self.oov_rate:.2f}% ({self.oov_text} not in the LM training text), "
+                f"{order}-gram perplexity {self.ppl:.2f} ({self.ppl_oov} OOV words skipped)")
+
+
+def lm_stats(lm: NgramLM, lm_text: list[list[str]], splits: dict[str, list[list[str]]]) -> list[LmStats]:
+    """:class:`LmStats` of each split (``name -> sentences``) under ``lm`` trained on ``lm_text``."""
+    seen = {w for sent in lm_text for w in sent}
+    out = []
+    for split, sents in splits.items():
+        ppl, n_words, n_oov = perplexity(lm, sents)
+        oov = sum(w not in seen for sent in sents for w in sent)
+        out.append(LmStats(split, len(sents), n_words, oov, ppl, n_oov))
+    return out
+
+
+def write_lm_stats(path: Path, stats: list[LmStats], cfg: LangConfig, lm_text: list[list[str]]) -> None:
+    """Write ``lm_stats.txt``: a ``#`` header on the LM training text, then one line per split."""
+    n_words = sum(len(s) for s in lm_text)
+    n_types = len({w for s in lm_text for w in s})
+    head = (f"# G (lm.arpa): {cfg.lm_order}-gram interpolated Witten-Bell on {'+'.join(cfg.lm_splits)}: "
+            f"{len(lm_text)} sentences, {n_words} words, {n_types} distinct words\n")
+    path.write_text(head + "".join(st.line(cfg.lm_order) + "\n" for st in stats), encoding="utf-8")
 
 
 def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: LangConfig | None = None) -> Lang:
@@ -112,6 +179,7 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
     word2id = {w: i for i, w in enumerate(word_list)}
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "lm_stats.txt").unlink(missing_ok=True)  # prepare_lang writes it for this LM
     write_symbols(out / "phones.txt", phone2id)
     write_symbols(out / "words.txt", word2id)
     lex.write(out / "lexicon.txt")
@@ -175,6 +243,13 @@ class Lang:
     @cached_property
     def lexicon(self) -> Lexicon:
         return Lexicon.read(self.dir / "lexicon.txt")
+
+    def lm_stats(self) -> list[str]:
+        """The summary lines of ``lm_stats.txt`` (``[]`` if this lang dir has none)."""
+        path = self.dir / "lm_stats.txt"
+        if not path.is_file():
+            return []
+        return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#")]
 
     @property
     def topo_text(self) -> str:

@@ -45,6 +45,7 @@ class DNNConfig:
     activation: Activation = "sigmoid"  # hidden nonlinearity
     utt_cmn: bool = False  # subtract each utterance's feature mean first (speaker/channel normalisation)
     init: Literal["glorot", "sparse"] = "glorot"  # sparse: Martens (2010), 15 N(0,1) inputs per unit
+    dropout: float = 0.0  # dropout on every hidden layer's output in training mode (first-order CE only)
 
     def __post_init__(self) -> None:
         if self.hidden_dim < 1:
@@ -53,6 +54,8 @@ class DNNConfig:
             raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
         if self.context < 0:
             raise ValueError(f"context must be >= 0, got {self.context}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
 
@@ -109,11 +112,12 @@ class DNN(nn.Module):
 
     def __init__(self, input_dim: int, num_outputs: int, hidden_dim: int = 256, num_layers: int = 4,
                  context: int = 5, activation: Activation = "sigmoid", utt_cmn: bool = False,
-                 init: str = "glorot") -> None:
+                 init: str = "glorot", dropout: float = 0.0) -> None:
         super().__init__()
         cfg = DNNConfig(hidden_dim=hidden_dim, num_layers=num_layers, context=context, activation=activation,
-                        utt_cmn=utt_cmn, init=init)
+                        utt_cmn=utt_cmn, init=init, dropout=dropout)
         self.init = init
+        self.dropout = dropout
         self.utt_cmn = utt_cmn
         self.input_dim = input_dim
         self.num_outputs = num_outputs
@@ -167,6 +171,8 @@ class DNN(nn.Module):
     def _layers(self, h: Tensor) -> Tensor:
         for lin in self.hidden:
             h = self._act(lin(h))
+            if self.dropout > 0.0 and self.training:
+                h = nn.functional.dropout(h, self.dropout, training=True)
         return self.output(h)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:

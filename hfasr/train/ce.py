@@ -93,6 +93,9 @@ class TrainConfig(FirstOrderConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.first_order()  # checks the first-order keys
+        if self.optimizer == "hf" and self.model == "dnn" and self.dnn.dropout > 0:
+            raise ValueError(f"dnn.dropout {self.dnn.dropout} needs a first-order optimizer: Hessian-free needs a "
+                             "deterministic network (set dnn.dropout: 0 or optimizer: sgd / adam)")
         if not self.prior_floor > 0:
             raise ValueError(f"prior_floor must be > 0, got {self.prior_floor}")
 

@@ -344,6 +344,12 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
         log_prior = load_prior(prior_path)
         torch.manual_seed(cfg.seed)
         model = load_model(init_path)
+        if getattr(model, "dropout", 0.0) > 0.0:
+            # sequence training (Kaldi nnet1 too) runs without dropout: HF's G v and the line
+            # search need a deterministic network, and SGD fine-tunes the CE solution
+            log.info("%s: dropout %g of the CE model is off for sequence training", init_path, model.dropout)
+            model.dropout = 0.0
+            model.model_config["dropout"] = 0.0
         lt_path, ld_path = lattice_path(lat_dir, cfg.train_split), lattice_path(lat_dir, cfg.dev_split)
         lt, ld = load_lattices(lt_path), load_lattices(ld_path)
         if lt["lattices"] and int(lt["tid2pdf"].max()) + 1 != log_prior.numel():
