@@ -105,7 +105,7 @@ def run_variant(spec: dict, defaults: dict, base_cfg: dict, out: Path) -> dict:
         if not (dec / "sweep.txt").is_file():
             sh(["hfasr", "decode", "--loglikes", str(ll), "--ref", str(ref), "--dev-loglikes", str(ll),
                 "--dev-ref", str(ref), "--graph-dir", f"{gmm_dir}/graph", "--model-dir", gmm_dir, "--out", str(dec),
-                "--set", "dev", "--lm-weights", defaults.get("lm_weights", "4,5,6,7,9,11,13"),
+                "--set", "dev", "--lm-weights", defaults.get("lm_weights", "2,3,4,5,6,7,9,11"),
                 "--word-penalties", defaults.get("word_penalties", "0,0.5,1")], log)
         wer, point = best_of_sweep(dec / "sweep.txt")
         rows.append({"name": name if len(spec.get("prior_scales", [1])) == 1 else f"{name} prior{ps:g}",
@@ -130,7 +130,7 @@ def gmm_row(defaults: dict, out: Path) -> dict:
     cuts = load_manifest(manifest_path(defaults["data_dir"], defaults["task"], "dev", "feats"))
     refs = {c.id: " ".join(s.text or "" for s in c.supervisions).split() for c in cuts}
     best = None
-    for lmwt in [float(x) for x in defaults.get("lm_weights", "4,5,6,7,9,11,13").split(",")]:
+    for lmwt in [float(x) for x in defaults.get("lm_weights", "2,3,4,5,6,7,9,11").split(",")]:
         hyps = {cid: w.split() for cid, w in decode_gmm(defaults["gmm_dir"], cuts, acoustic_scale=1 / lmwt)}
         r = score(refs, hyps)
         if best is None or r.errors < best[0].errors:

@@ -37,8 +37,19 @@ def yesno_gmm(yesno_data, tmp_path_factory):
     cfg.write_text("total_gauss: 400\nnum_jobs: 2\n")
     assert main(["lang", "--data-dir", str(yesno_data), "--task", "yesno", "--out", str(d / "lang")]) == 0
     assert main(["gmm", "--data-dir", str(yesno_data), "--task", "yesno", "--lang", str(d / "lang"),
-                 "--out", str(d / "gmm"), "--config", str(cfg), "--decode-split", "test", "--quiet"]) == 0
+                 "--out", str(d / "gmm"), "--config", str(cfg), "--decode-split", "test", "--quiet",
+                 "--lm-weights", "1,10"]) == 0
     return d
+
+
+def test_gmm_decode_lm_weight_chosen_on_dev(yesno_gmm):
+    """--lm-weights: each point decodes dev (yesno: dev = train), the best one decodes test."""
+    g = yesno_gmm / "gmm"
+    sweep = (g / "decode_dev_sweep.txt").read_text().splitlines()
+    assert [ln.split()[1] for ln in sweep[:-1]] == ["1", "10"] and sweep[-1].startswith("best LMWT ")
+    best = sweep[-1].split()[-1]
+    wer = (g / "decode_test" / "wer.txt").read_text()
+    assert f"# acoustic scale {1 / float(best):.6f} (LMWT {best}, best on dev: %WER" in wer
 
 
 def _cuts(data_dir, split):

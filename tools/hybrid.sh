@@ -3,7 +3,8 @@
 # training runs, e.g. "smbr_hf mmi_hf smbr_sgd"; each <criterion>_<optimizer> reads
 # $conf/seq_<run>.yaml), $lm_weights / $word_penalties (the dev sweep of the decode stages).
 #   3 lang      lexicon, L, G (n-gram on train transcripts), G_weak
-#   4 gmm       monophone GMM-HMM, alignments of train/dev, HCLG; GMM decode of dev/test -> WER
+#   4 gmm       monophone GMM-HMM, alignments of train/dev, HCLG; GMM decode of test -> WER with
+#               the LM weight of $gmm_lm_weights best on dev
 #   5 ce        CE DNN (cross-entropy, Adam) on the GMM alignments
 #   6 decode    DNN log-likelihoods, LM-weight sweep on dev, test WER with 95% CI
 #   7 lattices  denominator lattices of train/dev with the CE model over the weak-LM graph
@@ -12,6 +13,7 @@
 seq_runs=${seq_runs-}
 lm_weights=${lm_weights-}
 word_penalties=${word_penalties:-0,0.5,1}
+gmm_lm_weights=${gmm_lm_weights:-5,7,9,10,11,13,15,17}  # the GMM's dev sweep (stage 4)
 
 decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, score test
   local d=$1
@@ -24,7 +26,7 @@ decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, sco
 
 stage_run 3 lang hfasr lang --data-dir "$data" --task "$task" --out "$exp/lang" --config "$conf/lang.yaml"
 stage_run 4 gmm hfasr gmm --data-dir "$data" --task "$task" --lang "$exp/lang" --out "$exp/gmm" \
-  --config "$conf/gmm.yaml" --num-jobs "$nj" --decode-split test --quiet
+  --config "$conf/gmm.yaml" --num-jobs "$nj" --decode-split test --lm-weights "$gmm_lm_weights" --quiet
 stage_run 5 ce hfasr train --criterion ce --optimizer adam --data-dir "$data" --task "$task" --ali-dir "$exp/gmm" \
   --out "$exp/dnn_ce" --config "$conf/train_ce.yaml" --resume --quiet
 stage_run 6 decode decode_model "$exp/dnn_ce"

@@ -24,7 +24,12 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--num-jobs", type=int, default=None, help="alignment processes (overrides the config)")
     sp.add_argument("--decode-split", nargs="+", default=None,
                     help="also decode these splits with the GMM: OUT/decode_<split>/{hyp,wer}.txt")
-    sp.add_argument("--acoustic-scale", type=float, default=0.1, help="acoustic scale for --decode-split")
+    sp.add_argument("--acoustic-scale", type=float, default=0.1,
+                    help="acoustic scale for --decode-split (without --lm-weights)")
+    sp.add_argument("--lm-weights", default=None,
+                    help="comma-separated LM weights (acoustic scale 1/LMWT) swept on --dev-split; the one with "
+                         "the fewest dev word errors decodes --decode-split (as the DNN decode stages do)")
+    sp.add_argument("--dev-split", default="dev", help="split the --lm-weights sweep runs on")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -35,24 +40,57 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(GmmConfig, args.config, {"num_jobs": args.num_jobs})
     model = train_gmm(args.data_dir, args.task, args.lang, args.out, cfg, progress=not args.quiet)
     print(f"{args.out}: {model.num_pdfs} pdfs, {model.am.num_gauss} Gaussians")
+    note = f"acoustic scale {args.acoustic_scale:g} (given)"
+    if args.decode_split and args.lm_weights:
+        args.acoustic_scale, note = sweep_dev(args)
     for split in args.decode_split or []:
-        decode_split(args, split)
+        decode_split(args, split, note)
 
 
-def decode_split(args: argparse.Namespace, split: str) -> None:
-    """GMM-decode ``split`` into ``OUT/decode_<split>/`` (hyp.txt, ref.txt, wer.txt, errs-<split>.txt)."""
+def _load_split(args: argparse.Namespace, split: str):
     from lhotse import load_manifest
 
     from hfasr.data.corpora import manifest_path
-    from hfasr.decode.score import bootstrap_ci, score, write_results, write_text
     from hfasr.errors import DataError
-    from hfasr.gmm.decode import decode_gmm
 
     path = manifest_path(args.data_dir, args.task, split, "feats")
     if not path.is_file():
         raise DataError(f"{path}: feature manifest not found; run `hfasr features` first")
     cuts = load_manifest(path)
     refs = {c.id: " ".join(s.text or "" for s in c.supervisions).split() for c in cuts}
+    return cuts, refs
+
+
+def sweep_dev(args: argparse.Namespace) -> tuple[float, str]:
+    """Decode ``--dev-split`` at each ``--lm-weights`` point; ``OUT/decode_<dev>_sweep.txt`` lists
+    them. Returns the acoustic scale with the fewest word errors (then the first) and the note."""
+    from hfasr.decode import parse_floats
+    from hfasr.decode.score import score
+    from hfasr.gmm.decode import decode_gmm
+
+    cuts, refs = _load_split(args, args.dev_split)
+    best, lines = None, []
+    for lmwt in parse_floats(args.lm_weights, "--lm-weights"):
+        if lmwt <= 0:
+            from hfasr.errors import HfasrError
+
+            raise HfasrError(f"--lm-weights: LM weights must be positive, got {lmwt:g}")
+        hyps = {cid: w.split() for cid, w in decode_gmm(args.out, cuts, acoustic_scale=1 / lmwt, progress=False)}
+        r = score(refs, hyps)
+        lines.append(f"LMWT {lmwt:g} acoustic_scale {1 / lmwt:.6f} {r.wer_line()}\n")
+        if best is None or r.errors < best[0].errors:
+            best = (r, lmwt)
+    assert best is not None
+    (args.out / f"decode_{args.dev_split}_sweep.txt").write_text("".join(lines) + f"best LMWT {best[1]:g}\n")
+    return 1 / best[1], f"acoustic scale {1 / best[1]:.6f} (LMWT {best[1]:g}, best on {args.dev_split}: {best[0].wer_line()})"
+
+
+def decode_split(args: argparse.Namespace, split: str, note: str = "") -> None:
+    """GMM-decode ``split`` into ``OUT/decode_<split>/`` (hyp.txt, ref.txt, wer.txt, errs-<split>.txt)."""
+    from hfasr.decode.score import bootstrap_ci, score, write_results, write_text
+    from hfasr.gmm.decode import decode_gmm
+
+    cuts, refs = _load_split(args, split)
     hyps = {cid: words.split() for cid, words in
             decode_gmm(args.out, cuts, acoustic_scale=args.acoustic_scale, progress=not args.quiet)}
     out = args.out / f"decode_{split}"
@@ -60,4 +98,8 @@ def decode_split(args: argparse.Namespace, split: str) -> None:
     write_text(out / "ref.txt", refs)
     result = score(refs, hyps)
     wer = write_results(out, split, result, bootstrap_ci(result))
-    print(f"GMM {split} (acoustic scale {args.acoustic_scale:g}): " + " ".join(wer.read_text().split("\n")[:1]))
+    if note:
+        with open(wer, "a") as f:
+            f.write(f"# {note}\n")
+    print(f"GMM {split} ({note or f'acoustic scale {args.acoustic_scale:g}'}): "
+          + " ".join(wer.read_text().split("\n")[:1]))
