@@ -130,3 +130,19 @@ def test_missing_or_empty_history(tmp_path):
     d = write_run(tmp_path / "w", "w", "hf", HF, wer="garbage\n")
     with pytest.raises(DataError, match="decode_test/wer.txt: no Kaldi '%WER"):
         cmd.read_history(d)
+
+
+def test_results_cer_column(tmp_path, capsys):
+    """`hfasr results --cer`: character errors of hyp.txt against ref.txt, a space counting as a character."""
+    from hfasr.bin.results import char_error_rate
+    from hfasr.cli import main
+
+    d = tmp_path / "exp" / "dnn_ce" / "decode_test"
+    d.mkdir(parents=True)
+    (d / "wer.txt").write_text(WER_TXT)
+    (d / "ref.txt").write_text("u1 AB C\nu2 D\n")
+    (d / "hyp.txt").write_text("u1 AB D\n")  # 1 substitution; u2 missing = 1 deletion
+    assert char_error_rate(d / "ref.txt", d / "hyp.txt") == (2, 5)
+    assert main(["results", str(tmp_path / "exp"), "--task", "t", "--cer"]) == 0
+    out = capsys.readouterr().out
+    assert "| %CER |" in out and "| t | test | dnn_ce | 8.00 | [5.41, 10.56] | 40/500 | 40.00 |" in out

@@ -14,6 +14,7 @@ seq_runs=${seq_runs-}
 lm_weights=${lm_weights-}
 word_penalties=${word_penalties:-0,0.5,1}
 gmm_lm_weights=${gmm_lm_weights:-5,7,9,10,11,13,15,17}  # the GMM's dev sweep (stage 4)
+results_cer=${results_cer-}  # non-empty: a %CER column in the results table (stage 9)
 
 decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, score test
   local d=$1
@@ -42,7 +43,7 @@ if [ -n "$seq_runs" ]; then
   done
 fi
 if [ 9 -ge "$stage" ] && [ 9 -le "$stop_stage" ]; then
-  hfasr results "$exp" --task "$task" | tee "$exp/results.md"
+  hfasr results "$exp" --task "$task" ${results_cer:+--cer} | tee "$exp/results.md"
   if [ -n "$seq_runs" ]; then
     hfasr report $(for run in $seq_runs; do echo "$exp/dnn_$run"; done) --out "$exp/report" > /dev/null
     echo "sequence training report: $exp/report.md, $exp/report.png"

@@ -3,7 +3,10 @@
 Collects every ``EXP/<model>/decode_<set>/wer.txt`` (Kaldi's ``%WER`` line and the bootstrap
 CI written by ``hfasr decode`` / ``hfasr score``) and each model's training wall time: the last
 ``wall_s`` of ``EXP/<model>/history.jsonl`` (training only, summed over resumed runs), else the
-stage wall time the recipes record in ``EXP/marks/.<stage>.seconds`` (marked "stage").
+stage wall time the recipes record in ``EXP/marks/.<stage>.seconds`` (marked "stage"). With
+``--cer``, a ``%CER`` column too: the character error rate of ``hyp.txt`` against ``ref.txt``
+beside each ``wer.txt`` (the characters of the word string, a space between words counting as
+one character, as ESPnet scores CER).
 """
 
 from __future__ import annotations
@@ -23,6 +26,23 @@ _STAGE_OF = {"gmm": "gmm", "dnn_ce": "ce", "dnn_hf": "hf_ce", "dnn_smbr_hf": "sm
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("exp", type=Path, help="experiment dir of a recipe (recipes/<corpus>/exp)")
     p.add_argument("--task", default="", help="task name shown in the table")
+    p.add_argument("--cer", action="store_true", help="add a %%CER column (hyp.txt / ref.txt of each decode dir)")
+
+
+def char_error_rate(ref_path: Path, hyp_path: Path) -> tuple[int, int]:
+    """(character errors, reference characters) of ``hyp_path`` against ``ref_path`` (Kaldi texts;
+    an utterance missing from the hypotheses counts as empty)."""
+    import kaldialign
+
+    from hfasr.decode.score import read_text
+
+    refs, hyps = read_text(ref_path), read_text(hyp_path)
+    errors = chars = 0
+    for utt, words in refs.items():
+        r, h = list(" ".join(words)), list(" ".join(hyps.get(utt, [])))
+        errors += kaldialign.edit_distance(r, h)["total"]
+        chars += len(r)
+    return errors, chars
 
 
 def parse_wer(path: Path) -> dict:
@@ -64,8 +84,17 @@ def run(args: argparse.Namespace) -> None:
             continue
         t = train_wall(args.exp, model)
         ci = f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]" if r["ci"] else "-"
-        rows.append(f"| {args.task} | {sset} | {model} | {r['wer']:.2f} | {ci} | {r['errors']}/{r['words']} | {t} |")
-    print("| task | set | model | %WER | 95% CI | errors/words | train wall time |")
-    print("|---|---|---|---|---|---|---|")
+        cer = ""
+        if args.cer:
+            ref, hyp = wer.parent / "ref.txt", wer.parent / "hyp.txt"
+            if ref.is_file() and hyp.is_file():
+                e, n = char_error_rate(ref, hyp)
+                cer = f" {100 * e / max(n, 1):.2f} |"
+            else:
+                cer = " - |"
+        rows.append(f"| {args.task} | {sset} | {model} | {r['wer']:.2f} | {ci} | {r['errors']}/{r['words']} |{cer} {t} |")
+    cer_head = (" %CER |", "---|") if args.cer else ("", "")
+    print(f"| task | set | model | %WER | 95% CI | errors/words |{cer_head[0]} train wall time |")
+    print(f"|---|---|---|---|---|---|{cer_head[1]}---|")
     for r in rows:
         print(r)

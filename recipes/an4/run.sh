@@ -29,6 +29,7 @@ ctc_runs=""  # CTC runs <model>_<optimizer> (conf/ctc_<run>.yaml), e.g. "blstm_h
 marks=$exp/marks
 . "$root/tools/recipe.sh"
 task=an4
+results_cer=1  # AN4 is also scored in CER (the published reference gives both)
 
 if [ -z "$corpus_dir" ]; then
   stage_run 0 download hfasr prepare an4 --download --out "$data"
