@@ -10,6 +10,7 @@ dev WER of the sweep, its LMWT / WIP, and the training time. Nothing here touche
 Variants file (YAML)::
 
     base: recipes/fsdd/conf/train_ce.yaml     # the base TrainConfig
+    set: {dnn: {activation: relu}}            # overrides of every variant (optional)
     data_dir: /tmp/x/fsdd/data                # defaults of every variant
     gmm_dir: /tmp/x/fsdd/exp/gmm              # HCLG (graph/), final.mdl, alignments
     task: fsdd_conn
@@ -83,7 +84,7 @@ def run_variant(spec: dict, defaults: dict, base_cfg: dict, out: Path) -> dict:
     gmm_dir = spec.get("gmm_dir", defaults["gmm_dir"])
     ali_dir = spec.get("ali_dir", gmm_dir)
     task = defaults["task"]
-    cfg = merge(base_cfg, spec.get("set", {}))
+    cfg = merge(merge(base_cfg, defaults.get("set", {})), spec.get("set", {}))
     (d / "train.yaml").write_text(yaml.safe_dump(cfg))
     model_dir = d / "model"
     t0 = time.time()
@@ -137,7 +138,7 @@ def gmm_row(defaults: dict, out: Path) -> dict:
             best = (r, lmwt)
     (out / "gmm").mkdir(parents=True, exist_ok=True)
     res = {"name": "gmm", "dev_acc": None, "dev_ce": None, "train_s": None, "epochs": None,
-           "rows": [{"name": "GMM (monophone)", "prior_scale": None, "dev_wer": round(100 * best[0].wer, 2),
+           "rows": [{"name": "GMM (monophone)", "prior_scale": None, "dev_wer": round(best[0].wer, 2),
                      "point": f"LMWT {best[1]:g} WIP 0"}]}
     res_path.write_text(json.dumps(res, indent=1))
     return res

@@ -92,7 +92,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path):
     raw = torch.load(path, weights_only=True)
     assert raw["model_config"] == {"arch": "dnn", "input_dim": 3, "num_outputs": 5, "hidden_dim": 8,
                                    "num_layers": 2, "context": 2, "activation": "relu", "utt_cmn": False, "init": "glorot",
-                                   "dropout": 0.0}
+                                   "dropout": 0.0, "num_ceps": 0}
     assert raw["epoch"] == 3 and not (tmp_path / "m.pt.tmp").exists()
     m2 = load_model(path)
     assert isinstance(m2, DNN) and not m2.training and m2.activation == "relu"
@@ -230,3 +230,33 @@ def test_hf_with_dropout_is_a_config_error():
 
     with pytest.raises(ValueError, match="dnn.dropout 0.1 needs a first-order optimizer"):
         TrainConfig(optimizer="hf", dnn=DNNConfig(dropout=0.1))
+
+
+def test_cepstral_input():
+    """num_ceps: an orthonormal DCT keeps the first cepstra of each normalised frame; padded
+    batches, spliced rows and the hand-written J v agree as for fbank input."""
+    from hfasr.models.dnn import dct_matrix
+
+    d = dct_matrix(8, 8).double()
+    torch.testing.assert_close(d.T @ d, torch.eye(8, dtype=torch.float64), atol=1e-6, rtol=0)  # float32 matrix
+    torch.manual_seed(0)
+    m = DNN(8, 5, hidden_dim=6, num_layers=2, context=2, num_ceps=3, utt_cmn=True).double()
+    assert m.hidden[0].in_features == 5 * 3 and m.spliced_dim == 5 * 8
+    m.set_cmvn(torch.randn(8, dtype=torch.float64), torch.rand(8, dtype=torch.float64) + 0.5)
+    a, b = torch.randn(7, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    x = torch.zeros(2, 7, 8, dtype=torch.float64)
+    x[0], x[1, :4] = a, b
+    lens = torch.tensor([7, 4])
+    z = m(x, lens)
+    torch.testing.assert_close(z[1, :4], m(b[None])[0])
+    rows = splice(b[None] - b.mean(0), m.context)[0]  # rows are utterance-CMN'd raw frames
+    torch.testing.assert_close(m.forward_spliced(rows), z[1, :4])
+    out, lin = m.linearize(x, lens)
+    torch.testing.assert_close(out, z)
+    names = [n for n, _ in m.named_parameters()]
+    params = tuple(p.detach() for p in m.parameters())
+    tangents = tuple(torch.randn_like(p) for p in params)
+    _, ref = jvp(lambda *ps: functional_call(m, dict(zip(names, ps)), (x, lens)), params, tangents)
+    torch.testing.assert_close(lin(dict(zip(names, tangents))), ref)
+    with pytest.raises(ValueError, match="num_ceps 9 exceeds the feature dimension 8"):
+        DNN(8, 5, num_ceps=9)

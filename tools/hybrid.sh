@@ -5,7 +5,8 @@
 #   3 lang      lexicon, L, G (n-gram on train transcripts), G_weak
 #   4 gmm       monophone GMM-HMM, alignments of train/dev, HCLG; GMM decode of test -> WER with
 #               the LM weight of $gmm_lm_weights best on dev
-#   5 ce        CE DNN (cross-entropy, Adam) on the GMM alignments
+#   5 ce        CE DNN (cross-entropy, Adam) on the GMM alignments; with $realign, a first CE DNN
+#               (dnn_ce_pass1) realigns the data (hfasr align, dnn_ali) and dnn_ce is trained on that
 #   6 decode    DNN log-likelihoods, LM-weight sweep on dev, test WER with 95% CI
 #   7 lattices  denominator lattices of train/dev with the CE model over the weak-LM graph
 #   8 seq       sequence training from the CE model (each run of $seq_runs), then decoding
@@ -14,6 +15,7 @@ seq_runs=${seq_runs-}
 lm_weights=${lm_weights-}
 word_penalties=${word_penalties:-0,0.5,1}
 gmm_lm_weights=${gmm_lm_weights:-5,7,9,10,11,13,15,17}  # the GMM's dev sweep (stage 4)
+realign=${realign-}  # non-empty: realign with a first CE DNN and train dnn_ce on its alignments (stage 5)
 results_cer=${results_cer-}  # non-empty: a %CER column in the results table (stage 9)
 
 decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, score test
@@ -28,7 +30,17 @@ decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, sco
 stage_run 3 lang hfasr lang --data-dir "$data" --task "$task" --out "$exp/lang" --config "$conf/lang.yaml"
 stage_run 4 gmm hfasr gmm --data-dir "$data" --task "$task" --lang "$exp/lang" --out "$exp/gmm" \
   --config "$conf/gmm.yaml" --num-jobs "$nj" --decode-split test --lm-weights "$gmm_lm_weights" --quiet
-stage_run 5 ce hfasr train --criterion ce --optimizer adam --data-dir "$data" --task "$task" --ali-dir "$exp/gmm" \
+ali=$exp/gmm  # the alignments of CE and sequence training
+if [ -n "$realign" ]; then
+  # Kaldi nnet1: a first CE DNN on the GMM alignments realigns the training data, a second one
+  # (dnn_ce, which the later stages use) is trained on its alignments
+  stage_run 5 ce_pass1 hfasr train --criterion ce --optimizer adam --data-dir "$data" --task "$task" \
+    --ali-dir "$exp/gmm" --out "$exp/dnn_ce_pass1" --config "$conf/train_ce.yaml" --resume --quiet
+  stage_run 5 realign hfasr align --model "$exp/dnn_ce_pass1/final.pt" --data-dir "$data" --task "$task" \
+    --gmm-dir "$exp/gmm" --lang "$exp/lang" --out "$exp/dnn_ali" --num-jobs "$nj" --quiet
+  ali=$exp/dnn_ali
+fi
+stage_run 5 ce hfasr train --criterion ce --optimizer adam --data-dir "$data" --task "$task" --ali-dir "$ali" \
   --out "$exp/dnn_ce" --config "$conf/train_ce.yaml" --resume --quiet
 stage_run 6 decode decode_model "$exp/dnn_ce"
 if [ -n "$seq_runs" ]; then
@@ -37,7 +49,7 @@ if [ -n "$seq_runs" ]; then
   for run in $seq_runs; do
     crit=${run%_*}; opt=${run#*_}
     stage_run 8 "$run" hfasr train --criterion "$crit" --optimizer "$opt" --init "$exp/dnn_ce/final.pt" \
-      --lat-dir "$exp/lats" --data-dir "$data" --task "$task" --ali-dir "$exp/gmm" --graph-dir "$exp/gmm/graph" \
+      --lat-dir "$exp/lats" --data-dir "$data" --task "$task" --ali-dir "$ali" --graph-dir "$exp/gmm/graph" \
       --model-dir "$exp/gmm" --out "$exp/dnn_$run" --config "$conf/seq_$run.yaml" --resume --quiet
     stage_run 8 "decode_$run" decode_model "$exp/dnn_$run"
   done

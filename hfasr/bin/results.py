@@ -18,7 +18,7 @@ from pathlib import Path
 
 HELP = "WER table (markdown) of an experiment dir"
 
-_STAGE_OF = {"gmm": "gmm", "dnn_ce": "ce", "dnn_hf": "hf_ce", "dnn_smbr_hf": "smbr_hf", "dnn_mmi_hf": "mmi_hf",
+_STAGE_OF = {"gmm": "gmm", "dnn_ce": "ce", "dnn_ce_pass1": "ce_pass1", "dnn_hf": "hf_ce", "dnn_smbr_hf": "smbr_hf", "dnn_mmi_hf": "mmi_hf",
              "dnn_smbr_sgd": "smbr_sgd", "dnn_mpe_hf": "mpe_hf", "dnn_bmmi_hf": "bmmi_hf",
             "dnn_mmi_sgd": "mmi_sgd"}
 

@@ -46,6 +46,7 @@ class DNNConfig:
     utt_cmn: bool = False  # subtract each utterance's feature mean first (speaker/channel normalisation)
     init: Literal["glorot", "sparse"] = "glorot"  # sparse: Martens (2010), 15 N(0,1) inputs per unit
     dropout: float = 0.0  # dropout on every hidden layer's output in training mode (first-order CE only)
+    num_ceps: int = 0  # > 0: a fixed DCT-II keeps this many cepstra of each normalised frame (MFCC-like input)
 
     def __post_init__(self) -> None:
         if self.hidden_dim < 1:
@@ -56,8 +57,20 @@ class DNNConfig:
             raise ValueError(f"context must be >= 0, got {self.context}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_ceps < 0:
+            raise ValueError(f"num_ceps must be >= 0, got {self.num_ceps}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+
+
+def dct_matrix(num_bins: int, num_ceps: int) -> Tensor:
+    """(num_bins, num_ceps) orthonormal DCT-II: ``x @ D`` keeps the first ``num_ceps`` cepstra of
+    log-mel frames ``x`` (Kaldi's MFCC DCT, without liftering, which the next layer absorbs)."""
+    n = torch.arange(num_bins, dtype=torch.float64)
+    k = torch.arange(num_ceps, dtype=torch.float64)[:, None]
+    m = torch.cos(torch.pi / num_bins * (n + 0.5) * k) * (2.0 / num_bins) ** 0.5
+    m[0] = (1.0 / num_bins) ** 0.5
+    return m.T.float()
 
 
 def splice_index(lengths: Tensor, T: int, context: int) -> Tensor:
@@ -112,10 +125,12 @@ class DNN(nn.Module):
 
     def __init__(self, input_dim: int, num_outputs: int, hidden_dim: int = 256, num_layers: int = 4,
                  context: int = 5, activation: Activation = "sigmoid", utt_cmn: bool = False,
-                 init: str = "glorot", dropout: float = 0.0) -> None:
+                 init: str = "glorot", dropout: float = 0.0, num_ceps: int = 0) -> None:
         super().__init__()
         cfg = DNNConfig(hidden_dim=hidden_dim, num_layers=num_layers, context=context, activation=activation,
-                        utt_cmn=utt_cmn, init=init, dropout=dropout)
+                        utt_cmn=utt_cmn, init=init, dropout=dropout, num_ceps=num_ceps)
+        if num_ceps > input_dim:
+            raise ValueError(f"num_ceps {num_ceps} exceeds the feature dimension {input_dim}")
         self.init = init
         self.dropout = dropout
         self.utt_cmn = utt_cmn
@@ -127,7 +142,11 @@ class DNN(nn.Module):
         self.model_config = {"arch": "dnn", "input_dim": input_dim, "num_outputs": num_outputs, **asdict(cfg)}
         self.register_buffer("cmvn_mean", torch.zeros(input_dim))
         self.register_buffer("cmvn_std", torch.ones(input_dim))
-        sizes = [(2 * context + 1) * input_dim] + [hidden_dim] * num_layers
+        self.num_ceps = num_ceps
+        if num_ceps:
+            self.register_buffer("dct", dct_matrix(input_dim, num_ceps))
+        frame_dim = num_ceps or input_dim
+        sizes = [(2 * context + 1) * frame_dim] + [hidden_dim] * num_layers
         self.hidden = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(num_layers))
         self.output = nn.Linear(sizes[-1], num_outputs)
         self.reset_parameters()
@@ -164,6 +183,11 @@ class DNN(nn.Module):
         self.cmvn_mean.copy_(mean)
         self.cmvn_std.copy_(std.clamp_min(1e-5))
 
+    def _normalize(self, x: Tensor) -> Tensor:
+        """Global CMVN, then the DCT with ``num_ceps``: (..., F) -> (..., F or num_ceps)."""
+        x = (x - self.cmvn_mean) / self.cmvn_std
+        return x @ self.dct if self.num_ceps else x
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Output frames per sequence (the DNN keeps the frame rate)."""
         return lengths
@@ -181,8 +205,7 @@ class DNN(nn.Module):
             raise ValueError(f"DNN expects features (B, T, {self.input_dim}), got {tuple(x.shape)}")
         if self.utt_cmn:
             x = utterance_cmn(x, lengths)
-        x = (x - self.cmvn_mean) / self.cmvn_std
-        return self._layers(splice(x, self.context, lengths))
+        return self._layers(splice(self._normalize(x), self.context, lengths))
 
     def linearize(self, x: Tensor, lengths: Tensor | None = None
                   ) -> tuple[Tensor, Callable[[Mapping[str, Tensor]], Tensor]]:
@@ -199,7 +222,7 @@ class DNN(nn.Module):
         with torch.no_grad():
             if self.utt_cmn:
                 x = utterance_cmn(x, lengths)
-            h = splice((x - self.cmvn_mean) / self.cmvn_std, self.context, lengths)
+            h = splice(self._normalize(x), self.context, lengths)
             inputs, derivs = [], []
             for lin in self.hidden:
                 inputs.append(h)
@@ -238,8 +261,8 @@ class DNN(nn.Module):
         if rows.dim() != 2 or rows.shape[-1] != self.spliced_dim:
             raise ValueError(f"DNN expects spliced rows (N, {self.spliced_dim}), got {tuple(rows.shape)}")
         N = rows.shape[0]
-        x = (rows.reshape(N, -1, self.input_dim) - self.cmvn_mean) / self.cmvn_std
-        return self._layers(x.reshape(N, self.spliced_dim))
+        x = self._normalize(rows.reshape(N, -1, self.input_dim))
+        return self._layers(x.reshape(N, -1))
 
     def frames(self) -> SplicedFrames:
         """This model as a module on spliced frame rows (shares the parameters)."""
