@@ -204,6 +204,11 @@ class Experiment:
         parts = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
                          if k not in ("run", "criterion", "optimizer", "model"))
         self.log_line(f"report {task.run_name} {parts}")
+        if getattr(self.cfg, "keep_models", False) and self.rank == 0:
+            from hfasr.models import save_model
+
+            # every report's model, to choose the number of updates on dev afterwards
+            save_model(self.out / "models" / f"{driver.update}.pt", task.net, update=driver.update)
         return rec
 
     # --- checkpoints ----------------------------------------------------------------------------

@@ -53,7 +53,7 @@ SEQUENCE_CRITERIA = ("mmi", "bmmi", "mpe", "smbr")
 class SeqTrainConfig:
     """Options of ``hfasr train --criterion mmi|bmmi|mpe|smbr`` (YAML via ``--config``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "sgd.epochs", "num_threads", "device")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "sgd.epochs", "num_threads", "device", "keep_models")
 
     criterion: str = "smbr"  # mmi | bmmi | mpe | smbr (copied into sequence.criterion)
     optimizer: Literal["hf", "sgd"] = "hf"
@@ -78,6 +78,7 @@ class SeqTrainConfig:
     regenerate_every: int = 0  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
     dev_wer: bool = True  # decode the dev set at every report (needs graph_dir / model_dir)
     decode_acoustic_scale: float = 0.1  # acoustic scale of those dev decodes
+    keep_models: bool = False  # also write models/<update>.pt at every report (as Kaldi's per-epoch nnets)
     seed: int = 0
     num_threads: int = 0  # torch threads; 0 = torch's default
     device: str = "cpu"
