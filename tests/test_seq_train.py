@@ -404,3 +404,26 @@ def test_extending_a_finished_run_regenerates_the_due_lattices(tmp_path, graph):
     res, res_task, _, _ = _train(cfg, tmp_path / "part", build, resume=True)
     assert _strip(res.history) == _strip(full.history)
     assert all(torch.equal(a, b) for a, b in zip(full_task.net.parameters(), res_task.net.parameters()))
+
+
+def test_keep_models_and_select_by_dev_wer(tmp_path, graph):
+    """keep_models writes every report's model; select dev_wer makes final.pt the one of the
+    report with the lowest dev WER (the earliest of equals), which it reproduces."""
+    gmm_dir = tmp_path / "gmm"
+    gmm_dir.mkdir()
+    GmmModel.init_mono(TOPO, 1, np.zeros(1), np.ones(1)).write(gmm_dir / "final.mdl")
+    save_prior(gmm_dir / "prior.pt", torch.full((graph.num_pdfs,), -math.log(graph.num_pdfs)))
+    cfg = _cfg("hf", dev_wer=True, decode_acoustic_scale=0.5, keep_models=True, select="dev_wer")
+    exp, task, _, _ = _train(cfg, tmp_path / "run", lambda e: _yesno_task(e, graph, gmm_dir))
+    hist = exp.history
+    assert sorted(p.name for p in (tmp_path / "run/models").iterdir()) == [f"{h['update']}.pt" for h in hist]
+    best = min(hist, key=lambda h: (h["dev_wer"], h["update"]))
+    final = torch.load(tmp_path / "run/final.pt", weights_only=True)
+    assert final["update"] == best["update"] and final["dev_wer"] == best["dev_wer"]
+    kept = torch.load(tmp_path / f"run/models/{best['update']}.pt", weights_only=True)["state_dict"]
+    for k, v in final["state_dict"].items():
+        torch.testing.assert_close(v, kept[k])
+    task.net.load_state_dict(final["state_dict"])
+    assert task.evaluate()["dev_wer"] == best["dev_wer"]
+    with pytest.raises(ConfigError, match="select: dev_wer needs keep_models"):
+        _cfg("hf", dev_wer=True, select="dev_wer")

@@ -79,6 +79,10 @@ class SeqTrainConfig:
     dev_wer: bool = True  # decode the dev set at every report (needs graph_dir / model_dir)
     decode_acoustic_scale: float = 0.1  # acoustic scale of those dev decodes
     keep_models: bool = False  # also write models/<update>.pt at every report (as Kaldi's per-epoch nnets)
+    # final.pt: "last" = the last accepted report's model; "dev_wer" = the report with the lowest
+    # dev WER (the earliest of equals; needs keep_models and dev_wer), i.e. the number of updates
+    # chosen on the dev set
+    select: Literal["last", "dev_wer"] = "last"
     seed: int = 0
     num_threads: int = 0  # torch threads; 0 = torch's default
     device: str = "cpu"
@@ -91,6 +95,10 @@ class SeqTrainConfig:
         self.sequence.criterion = self.criterion  # type: ignore[assignment]
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.select not in ("last", "dev_wer"):
+            raise ValueError(f"select must be last or dev_wer, got {self.select!r}")
+        if self.select == "dev_wer" and not (self.keep_models and self.dev_wer):
+            raise ValueError("select: dev_wer needs keep_models: true and dev_wer: true")
 
     @property
     def run_name(self) -> str:

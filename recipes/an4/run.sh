@@ -11,7 +11,7 @@
 #               sequence-training report (tools/hybrid.sh)
 #   10-11       CTC training of each run of --ctc-runs (BLSTM / MDLSTM with HF / Adam,
 #               conf/ctc_<run>.yaml) and greedy / TLG decoding, WER table (tools/ctc.sh)
-# The configs in conf/ are initial settings (FSDD's), not yet tuned for AN4.
+# conf/ holds the settings chosen on the dev set (see the comments in each file).
 # Usage: recipes/an4/run.sh [--corpus-dir DIR] [--stage N] [--stop-stage M] [--data DIR] [--exp DIR] [--conf DIR] [--seq-runs "smbr_hf mmi_hf smbr_sgd"] [--ctc-runs "blstm_hf blstm_adam mdlstm_hf mdlstm_adam"]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,6 +24,8 @@ data=$here/data
 exp=$here/exp
 conf=$here/conf  # YAML configs of every stage
 seq_runs="smbr_hf mmi_hf smbr_sgd"  # sequence-training runs <criterion>_<optimizer> (conf/seq_<run>.yaml); "" for none
+lm_weights="4,5,6,7,9,11,13"  # dev sweep of the decode stages (acoustic scale 1/LMWT; the CE model is best at 6-7)
+word_penalties="0,0.5"
 ctc_runs=""  # CTC runs <model>_<optimizer> (conf/ctc_<run>.yaml), e.g. "blstm_hf blstm_adam mdlstm_hf mdlstm_adam"
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
