@@ -7,6 +7,7 @@
 #   1 prepare   an4 manifests and data/an4_lexicon.txt (the corpus's an4.dic)
 #   2 features  fbank (lilcom) + global CMVN stats
 #   3-9         lang (lexicon from an4.dic; prints the OOV rate and perplexity of G on dev/test),
+#               (stage 5 realigns with a first CE DNN and trains dnn_ce on its alignments)
 #               GMM, CE DNN, decoding, lattices, sequence training (--seq-runs), WER table and
 #               sequence-training report (tools/hybrid.sh)
 #   10-11       CTC training of each run of --ctc-runs (BLSTM / MDLSTM with HF / Adam,
@@ -32,6 +33,7 @@ marks=$exp/marks
 . "$root/tools/recipe.sh"
 task=an4
 results_cer=1  # AN4 is also scored in CER (the published reference gives both)
+realign=1  # a first CE DNN realigns the training data (dev WER 3.92 vs 4.28 on the GMM alignments)
 
 if [ -z "$corpus_dir" ]; then
   stage_run 0 download hfasr prepare an4 --download --out "$data"
