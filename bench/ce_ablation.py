@@ -131,7 +131,7 @@ def gmm_row(defaults: dict, out: Path) -> dict:
     cuts = load_manifest(manifest_path(defaults["data_dir"], defaults["task"], "dev", "feats"))
     refs = {c.id: " ".join(s.text or "" for s in c.supervisions).split() for c in cuts}
     best = None
-    for lmwt in [float(x) for x in defaults.get("lm_weights", "2,3,4,5,6,7,9,11").split(",")]:
+    for lmwt in [float(x) for x in defaults.get("gmm_lm_weights", "4,5,6,7,9,10,11,13,15,17").split(",")]:
         hyps = {cid: w.split() for cid, w in decode_gmm(defaults["gmm_dir"], cuts, acoustic_scale=1 / lmwt)}
         r = score(refs, hyps)
         if best is None or r.errors < best[0].errors:
