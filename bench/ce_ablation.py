@@ -122,24 +122,15 @@ def gmm_row(defaults: dict, out: Path) -> dict:
     res_path = out / "gmm" / "result.json"
     if res_path.is_file():
         return json.loads(res_path.read_text())
-    from lhotse import load_manifest
+    from hfasr.bin.gmm import lm_weight_sweep, load_split
 
-    from hfasr.data.corpora import manifest_path
-    from hfasr.decode.score import score
-    from hfasr.gmm.decode import decode_gmm
-
-    cuts = load_manifest(manifest_path(defaults["data_dir"], defaults["task"], "dev", "feats"))
-    refs = {c.id: " ".join(s.text or "" for s in c.supervisions).split() for c in cuts}
-    best = None
-    for lmwt in [float(x) for x in defaults.get("gmm_lm_weights", "4,5,6,7,9,10,11,13,15,17").split(",")]:
-        hyps = {cid: w.split() for cid, w in decode_gmm(defaults["gmm_dir"], cuts, acoustic_scale=1 / lmwt)}
-        r = score(refs, hyps)
-        if best is None or r.errors < best[0].errors:
-            best = (r, lmwt)
+    cuts, refs = load_split(Path(defaults["data_dir"]), defaults["task"], "dev")
+    weights = [float(x) for x in defaults.get("gmm_lm_weights", "4,5,6,7,9,10,11,13,15,17").split(",")]
+    lmwt, result = min(lm_weight_sweep(Path(defaults["gmm_dir"]), cuts, refs, weights), key=lambda p: p[1].errors)
     (out / "gmm").mkdir(parents=True, exist_ok=True)
     res = {"name": "gmm", "dev_acc": None, "dev_ce": None, "train_s": None, "epochs": None,
-           "rows": [{"name": "GMM (monophone)", "prior_scale": None, "dev_wer": round(best[0].wer, 2),
-                     "point": f"LMWT {best[1]:g} WIP 0"}]}
+           "rows": [{"name": "GMM (monophone)", "prior_scale": None, "dev_wer": round(result.wer, 2),
+                     "point": f"LMWT {lmwt:g} WIP 0"}]}
     res_path.write_text(json.dumps(res, indent=1))
     return res
 

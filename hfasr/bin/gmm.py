@@ -47,13 +47,14 @@ def run(args: argparse.Namespace) -> None:
         decode_split(args, split, note)
 
 
-def _load_split(args: argparse.Namespace, split: str):
+def load_split(data_dir: Path, task: str, split: str):
+    """The feature CutSet of ``split`` and its references (cut id -> words); DataError if missing."""
     from lhotse import load_manifest
 
     from hfasr.data.corpora import manifest_path
     from hfasr.errors import DataError
 
-    path = manifest_path(args.data_dir, args.task, split, "feats")
+    path = manifest_path(data_dir, task, split, "feats")
     if not path.is_file():
         raise DataError(f"{path}: feature manifest not found; run `hfasr features` first")
     cuts = load_manifest(path)
@@ -61,28 +62,35 @@ def _load_split(args: argparse.Namespace, split: str):
     return cuts, refs
 
 
-def sweep_dev(args: argparse.Namespace) -> tuple[float, str]:
-    """Decode ``--dev-split`` at each ``--lm-weights`` point; ``OUT/decode_<dev>_sweep.txt`` lists
-    them. Returns the acoustic scale with the fewest word errors (then the first) and the note."""
-    from hfasr.decode import parse_floats
+def lm_weight_sweep(gmm_dir: Path, cuts, refs: dict[str, list[str]], lm_weights: list[float]) -> list:
+    """GMM-decode ``cuts`` at acoustic scale ``1 / LMWT`` for each of ``lm_weights``: ``[(LMWT,
+    ScoreResult)]`` in that order; the best is the one with the fewest word errors (the first of
+    equals). HfasrError for a non-positive weight."""
     from hfasr.decode.score import score
+    from hfasr.errors import HfasrError
     from hfasr.gmm.decode import decode_gmm
 
-    cuts, refs = _load_split(args, args.dev_split)
-    best, lines = None, []
-    for lmwt in parse_floats(args.lm_weights, "--lm-weights"):
-        if lmwt <= 0:
-            from hfasr.errors import HfasrError
+    bad = [w for w in lm_weights if w <= 0]
+    if bad:
+        raise HfasrError(f"--lm-weights: LM weights must be positive, got {bad[0]:g}")
+    points = []
+    for lmwt in lm_weights:
+        hyps = {cid: w.split() for cid, w in decode_gmm(gmm_dir, cuts, acoustic_scale=1 / lmwt, progress=False)}
+        points.append((lmwt, score(refs, hyps)))
+    return points
 
-            raise HfasrError(f"--lm-weights: LM weights must be positive, got {lmwt:g}")
-        hyps = {cid: w.split() for cid, w in decode_gmm(args.out, cuts, acoustic_scale=1 / lmwt, progress=False)}
-        r = score(refs, hyps)
-        lines.append(f"LMWT {lmwt:g} acoustic_scale {1 / lmwt:.6f} {r.wer_line()}\n")
-        if best is None or r.errors < best[0].errors:
-            best = (r, lmwt)
-    assert best is not None
-    (args.out / f"decode_{args.dev_split}_sweep.txt").write_text("".join(lines) + f"best LMWT {best[1]:g}\n")
-    return 1 / best[1], f"acoustic scale {1 / best[1]:.6f} (LMWT {best[1]:g}, best on {args.dev_split}: {best[0].wer_line()})"
+
+def sweep_dev(args: argparse.Namespace) -> tuple[float, str]:
+    """Decode ``--dev-split`` at each ``--lm-weights`` point (:func:`lm_weight_sweep`);
+    ``OUT/decode_<dev>_sweep.txt`` lists them. Returns the best acoustic scale and the note."""
+    from hfasr.decode import parse_floats
+
+    cuts, refs = load_split(args.data_dir, args.task, args.dev_split)
+    points = lm_weight_sweep(args.out, cuts, refs, parse_floats(args.lm_weights, "--lm-weights"))
+    lmwt, best = min(points, key=lambda p: p[1].errors)
+    lines = [f"LMWT {w:g} acoustic_scale {1 / w:.6f} {r.wer_line()}\n" for w, r in points]
+    (args.out / f"decode_{args.dev_split}_sweep.txt").write_text("".join(lines) + f"best LMWT {lmwt:g}\n")
+    return 1 / lmwt, f"acoustic scale {1 / lmwt:.6f} (LMWT {lmwt:g}, best on {args.dev_split}: {best.wer_line()})"
 
 
 def decode_split(args: argparse.Namespace, split: str, note: str = "") -> None:
@@ -90,7 +98,7 @@ def decode_split(args: argparse.Namespace, split: str, note: str = "") -> None:
     from hfasr.decode.score import bootstrap_ci, score, write_results, write_text
     from hfasr.gmm.decode import decode_gmm
 
-    cuts, refs = _load_split(args, split)
+    cuts, refs = load_split(args.data_dir, args.task, split)
     hyps = {cid: words.split() for cid, words in
             decode_gmm(args.out, cuts, acoustic_scale=args.acoustic_scale, progress=not args.quiet)}
     out = args.out / f"decode_{split}"

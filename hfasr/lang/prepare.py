@@ -3,7 +3,7 @@
 Files written (``docs/formats.md``, "Lang dir"): ``phones.txt``, ``words.txt``,
 ``lexicon.txt``, ``topo``, ``disambig.int``, ``L.fst``, ``L_disambig.fst``, ``lm.arpa``,
 ``G.fst``, ``lm_weak.arpa``, ``G_weak.fst`` and ``config.yaml`` (the resolved
-:class:`LangConfig`); :func:`prepare_lang` adds ``lm_stats.txt`` (OOV rate and perplexity of G on
+:class:`LangConfig`); with evaluation transcripts also ``lm_stats.txt`` (OOV rate and perplexity of G on
 the transcripts that G is not trained on, :class:`LmStats`). :class:`Lang` loads such a directory.
 """
 
@@ -17,7 +17,7 @@ from typing import Literal
 
 from hfasr.config import save_config
 from hfasr.errors import DataError
-from hfasr.lang.arpa import NgramLM, perplexity, read_arpa, train_witten_bell
+from hfasr.lang.arpa import NgramLM, perplexity, train_witten_bell
 from hfasr.lang.graphs import (
     arpa_to_fst,
     make_lexicon_fst,
@@ -113,12 +113,7 @@ def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConf
             held_out[split] = [t.split() for _, t in trans]
     if cfg.vocab == "transcripts":
         lex = lex.restrict(used)
-    lang = build_lang(lex, lm_text, out, cfg)
-    stats = lm_stats(read_arpa(out / "lm.arpa"), lm_text, held_out)
-    write_lm_stats(out / "lm_stats.txt", stats, cfg, lm_text)
-    for st in stats:
-        log.info("%s", st.line(cfg.lm_order))
-    return lang
+    return build_lang(lex, lm_text, out, cfg, eval_text=held_out)
 
 
 @dataclass
@@ -164,8 +159,12 @@ def write_lm_stats(path: Path, stats: list[LmStats], cfg: LangConfig, lm_text: l
     path.write_text(head + "".join(st.line(cfg.lm_order) + "\n" for st in stats), encoding="utf-8")
 
 
-def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: LangConfig | None = None) -> Lang:
-    """Write the lang dir ``out`` for lexicon ``lex`` with LMs trained on ``lm_text`` (word lists)."""
+def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: LangConfig | None = None,
+               eval_text: dict[str, list[list[str]]] | None = None) -> Lang:
+    """Write the lang dir ``out`` for lexicon ``lex`` with LMs trained on ``lm_text`` (word lists).
+
+    With ``eval_text`` (split -> word lists), also ``lm_stats.txt``: OOV rate and perplexity of G
+    on each of those splits (:class:`LmStats`)."""
     cfg = cfg or LangConfig()
     out = Path(out)
     # phones: <eps>, SIL, non-silence phones, #0..#k (k: lexicon disambig + one for silence)
@@ -179,7 +178,6 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
     word2id = {w: i for i, w in enumerate(word_list)}
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "lm_stats.txt").unlink(missing_ok=True)  # prepare_lang writes it for this LM
     write_symbols(out / "phones.txt", phone2id)
     write_symbols(out / "words.txt", word2id)
     lex.write(out / "lexicon.txt")
@@ -199,6 +197,14 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
         lm.write_arpa(out / f"{name}.arpa")
         g = arpa_to_fst(out / f"{name}.arpa", out / "words.txt")
         g.write(str(out / ("G.fst" if name == "lm" else "G_weak.fst")))
+        if name == "lm":
+            stats = lm_stats(lm, lm_text, eval_text or {})
+    stats_path = out / "lm_stats.txt"
+    stats_path.unlink(missing_ok=True)  # an older run's stats would describe another LM
+    if eval_text:
+        write_lm_stats(stats_path, stats, cfg, lm_text)
+        for st in stats:
+            log.info("%s", st.line(cfg.lm_order))
     save_config(cfg, out / "config.yaml")
     log.info("lang dir %s: %d words, %d phones (+%d disambig), %d-gram LM on %d sentences",
              out, len(lex), len(nonsil) + 1, len(disambig), cfg.lm_order, len(lm_text))

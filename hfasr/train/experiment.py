@@ -264,7 +264,7 @@ class Experiment:
         from hfasr.models import load_checkpoint, save_model
 
         last = self.final_record()
-        if last is not self.history[-1] and getattr(self.cfg, "select", "last") == "dev_wer":
+        if getattr(self.cfg, "select", "last") == "dev_wer":  # the chosen report's kept model
             kept = self.out / "models" / f"{last['update']}.pt"
             task.net.load_state_dict(load_checkpoint(kept)["state_dict"])
             self.log_line(f"# select dev_wer: final.pt is update {last['update']} ({kept})")
