@@ -8,6 +8,7 @@ unknown key is an error that names the key and the file. Errors in user input pr
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except HfasrError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # a full disk is the user's environment, not a bug: an error naming the file, no traceback
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        what = "over the file size limit" if e.errno == errno.EFBIG else "no space left on the device"
+        print(f"error: {e.filename or 'output'}: {what} ({e.strerror})", file=sys.stderr)
         return 2
     return 0
 

@@ -72,7 +72,7 @@ def _fsync_file(path: Path) -> None:
 
 
 def _disk_error(path: Path, e: OSError) -> HfasrError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return DataError(f"{path}: no space left on the device while writing; the previous "
                          f"version (if any) is unchanged")
     return DataError(f"{path}: cannot write: {e.strerror or e}")
@@ -147,7 +147,11 @@ def save_torch(obj: Any, path: str | Path, fsync: bool = True) -> None:
     import torch
 
     with atomic_path(path, fsync) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as e:  # torch's writer reports a full disk as RuntimeError
+            raise DataError(f"{path}: cannot write ({e}); the previous version (if any) is unchanged") from e
 
 
 def load_torch(path: str | Path, what: str, keys: Sequence[str] = (), map_location: Any = "cpu") -> Any:
@@ -189,6 +193,7 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.mkdir(parents=True, exist_ok=True)
+    _sweep_dead_staging(final)
     tmp = final.parent / f".{final.name}.staging.{os.getpid()}.{next(_counter)}"
     tmp.mkdir()
     try:
@@ -198,6 +203,24 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         raise _disk_error(final, e) from e
     finally:
         _unlink_quiet(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_dead_staging(final: Path) -> None:
+    """Remove staging dirs of ``final`` left by killed processes of this host."""
+    for d in final.parent.glob(f".{final.name}.staging.*"):
+        parts = d.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            _unlink_quiet(d)
 
 
 def publish(src_dir: Path, final: Path) -> None:
@@ -246,8 +269,11 @@ class DirLock:
                 holder = "unknown process"
             raise LockError(f"{self.dir} is in use by another run ({holder}); wait for it to "
                             f"finish or use another output directory") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}: {self.what}\n".encode())
+        try:  # who holds it, for the error of a second writer (the lock holds without it)
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}: {self.what}\n".encode())
+        except OSError:
+            pass
         self._fd = fd
         return self
 

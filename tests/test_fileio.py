@@ -111,3 +111,28 @@ def test_dir_lock_excludes_second_writer_and_frees_on_death(tmp_path):
         proc.wait()
     time.sleep(0.05)
     DirLock(tmp_path).acquire().release()
+
+
+def test_staged_dir_sweeps_dirs_of_dead_processes(tmp_path):
+    final = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = tmp_path / f".out.staging.{dead}.0"
+    stale.mkdir()
+    (stale / "half.txt").write_text("x")
+    with staged_dir(final) as d:
+        (d / "a.txt").write_text("1")
+    assert not stale.exists() and (final / "a.txt").read_text() == "1"
+
+
+def test_save_torch_full_disk_is_a_clean_error(tmp_path, monkeypatch):
+    p = tmp_path / "c.pt"
+    save_torch({"a": torch.ones(2)}, p)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DataError, match="c.pt: cannot write"):
+        save_torch({"a": torch.zeros(2)}, p)
+    assert torch.equal(load_torch(p, "x")["a"], torch.ones(2))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["c.pt"]

@@ -217,6 +217,18 @@ def test_subset_hf_with_gradient_reuse_resumes_exactly(tmp_path, prior):
     assert _strip(again.history) == _strip(exp.history)
 
 
+def test_hf_heldout_data_dev_uses_the_dev_set_for_rho(tmp_path, prior):
+    """``hf.heldout_data: dev``: every training utterance feeds the gradient, and HF's held-out
+    loss (ρ / backtracking / line search) is the dev objective itself."""
+    over = {"hf": {"updates": 2, "heldout_data": "dev", "heldout_fraction": 0.0, "curvature_fraction": 0.5,
+                   "curvature_min": 2, "optimizer": {"cg_max_iters": 10}}}
+    build = functools.partial(_task, prior=prior)
+    exp, task, driver, _ = _train(_cfg("hf", **over), tmp_path / "dev", build)
+    assert len(driver.objective.data) == 12 and driver.objective.heldout is task.dev_data
+    for rec in exp.history[1:]:
+        assert rec["heldout_obj"] == pytest.approx(rec["dev_obj"], rel=1e-6)
+
+
 def test_sequence_config_errors():
     with pytest.raises(ConfigError, match="criterion"):
         from_dict(SeqTrainConfig, {"criterion": "ctc"})

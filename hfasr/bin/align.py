@@ -12,7 +12,9 @@ and the lang dir), with the GMM config's transition / self-loop scales and beams
 (``docs/formats.md``), copies of ``final.mdl`` and ``tree`` (so that ``OUT`` serves as
 ``hfasr train --ali-dir`` / ``--model-dir`` and ``hfasr lattices --gmm-dir``) and ``log.txt``.
 One summary line per split: cuts aligned / failed and the fraction of frames whose pdf differs
-from the GMM dir's alignment.
+from the GMM dir's alignment. The files are written into a staging dir and published to ``OUT``
+only when every split is aligned (a failed run leaves ``OUT`` as it was; alignments of splits
+not in ``--splits`` are kept). A second run on the same ``OUT`` fails at once while one holds it.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def _loglike_bank(model, prior, prior_scale: float, cuts, desc: str, progress: b
         x = torch.from_numpy(cut.load_features())
         if x.shape[0] != cut.num_frames:
             raise DataError(f"cut '{cut.id}': loaded {x.shape[0]} frames, manifest says {cut.num_frames}")
-        ll = compute_loglikes(model, x, prior, prior_scale)
+        ll = compute_loglikes(model, x, prior, prior_scale, name=f"cut '{cut.id}'")
         if ll.shape[0] != x.shape[0]:
             raise DataError(f"cut '{cut.id}': the model gives {ll.shape[0]} output frames for {x.shape[0]} input "
                             "frames; frame alignment needs one output per input frame (no frame stacking)")
@@ -142,20 +144,14 @@ def realign(model_path: str | Path, data_dir: str | Path, task: str, gmm_dir: st
             num_threads: int = 1, progress: bool = True) -> list[SplitResult]:
     """Write ``out_dir`` (module docstring); returns one :class:`SplitResult` per split."""
     import torch
-    from lhotse import load_manifest
 
     from hfasr.config import load_config
     from hfasr.data.corpora import manifest_path
     from hfasr.errors import DataError
-    from hfasr.gmm.align import (
-        AlignOptions,
-        MatrixDecodable,
-        align_bank,
-        compile_graphs,
-        failure_reason,
-    )
+    from hfasr.fileio import append_line, staged_dir, write_text
+    from hfasr.gmm.align import AlignOptions
     from hfasr.gmm.model import GmmModel
-    from hfasr.gmm.train import GmmConfig, write_alignments
+    from hfasr.gmm.train import GmmConfig
     from hfasr.lang.prepare import Lang
     from hfasr.models import load_model, load_prior
 
@@ -181,55 +177,68 @@ def realign(model_path: str | Path, data_dir: str | Path, task: str, gmm_dir: st
             raise DataError(f"{m}: features manifest not found; run `hfasr features` first")
         manifests[split] = m
 
-    out.mkdir(parents=True, exist_ok=True)
-    for f in COPIED:
-        shutil.copyfile(gmm_dir / f, out / f)
-    logf = out / "log.txt"
-    logf.write_text(f"# hfasr align: model {model_path}, GMM dir {gmm_dir}, acoustic scale {acoustic_scale:g}, "
-                    f"prior scale {prior_scale:g}, transition scale {opts.transition_scale:g}, self-loop scale "
-                    f"{opts.self_loop_scale:g}, beam {opts.beam:g}, retry beam {opts.retry_beam:g}, careful beam "
-                    f"{opts.last_resort_beam:g}\n")
     threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     results = []
     try:
-        for split in splits:
-            t0 = time.time()
-            cuts = load_manifest(manifests[split])
-            if split == "train" and not cfg.use_speed_perturbed:  # as the GMM's training set
-                cuts = cuts.filter(lambda c: "_sp" not in c.id).to_eager()
-            # forward passes here, before align_bank forks: no torch work in the workers
-            bank = _loglike_bank(model, prior, prior_scale, cuts, f"loglikes {split}", progress)
-            graphs = compile_graphs(gmm, lang, bank.texts, bank.cut_ids)
-            alis, like = align_bank(bank, graphs, gmm, opts, num_jobs, progress, desc=f"align {split}",
-                                    decodable=MatrixDecodable(gmm.tm))
-            n_ok = write_alignments(out, split, bank, alis, gmm)
-            why = failure_reason(opts)
-            failed = {bank.cut_ids[i]: why for i, a in enumerate(alis) if a is None}
-            (out / f"ali_{split}_excluded.txt").write_text("".join(f"{c}\t{r}\n" for c, r in failed.items()))
-            frames = sum(bank.num_frames(i) for i, a in enumerate(alis) if a is not None)
-            path = out / f"ali_{split}.pt"
-            diff, tot = _compare(path, gmm_dir / f"ali_{split}.pt")
-            r = SplitResult(split, path, len(bank), n_ok, failed, frames, like / max(frames, 1), diff, tot,
-                            time.time() - t0)
-            with open(logf, "a") as f:
-                f.write(r.summary() + "\n")
-            log.debug(r.summary())
-            results.append(r)
+        with staged_dir(out) as stage:
+            for f in COPIED:
+                shutil.copyfile(gmm_dir / f, stage / f)
+            logf = stage / "log.txt"
+            write_text(logf, f"# hfasr align: model {model_path}, GMM dir {gmm_dir}, acoustic scale "
+                       f"{acoustic_scale:g}, prior scale {prior_scale:g}, transition scale {opts.transition_scale:g}, "
+                       f"self-loop scale {opts.self_loop_scale:g}, beam {opts.beam:g}, retry beam "
+                       f"{opts.retry_beam:g}, careful beam {opts.last_resort_beam:g}\n")
+            for split in splits:
+                results.append(_align_split(split, stage, out, manifests[split], cfg, model, prior, prior_scale,
+                                            gmm, gmm_dir, lang, opts, num_jobs, progress))
+                append_line(logf, results[-1].summary())
     finally:
         torch.set_num_threads(threads)
     return results
 
 
+def _align_split(split: str, stage: Path, out: Path, manifest: Path, cfg, model, prior, prior_scale: float, gmm,
+                 gmm_dir: Path, lang, opts, num_jobs: int, progress: bool) -> SplitResult:
+    """Align one split into ``stage/ali_<split>.pt`` (+ ``_excluded.txt``); the result names
+    the file by its published path under ``out``."""
+    from hfasr.data.corpora import load_cuts
+    from hfasr.fileio import write_text
+    from hfasr.gmm.align import MatrixDecodable, align_bank, compile_graphs, failure_reason
+    from hfasr.gmm.train import write_alignments
+
+    t0 = time.time()
+    cuts = load_cuts(manifest)
+    if split == "train" and not cfg.use_speed_perturbed:  # as the GMM's training set
+        cuts = cuts.filter(lambda c: "_sp" not in c.id).to_eager()
+    # forward passes here, before align_bank forks: no torch work in the workers
+    bank = _loglike_bank(model, prior, prior_scale, cuts, f"loglikes {split}", progress)
+    graphs = compile_graphs(gmm, lang, bank.texts, bank.cut_ids)
+    alis, like = align_bank(bank, graphs, gmm, opts, num_jobs, progress, desc=f"align {split}",
+                            decodable=MatrixDecodable(gmm.tm))
+    n_ok = write_alignments(stage, split, bank, alis, gmm)
+    why = failure_reason(opts)
+    failed = {bank.cut_ids[i]: why for i, a in enumerate(alis) if a is None}
+    write_text(stage / f"ali_{split}_excluded.txt", "".join(f"{c}\t{r}\n" for c, r in failed.items()))
+    frames = sum(bank.num_frames(i) for i, a in enumerate(alis) if a is not None)
+    diff, tot = _compare(stage / f"ali_{split}.pt", gmm_dir / f"ali_{split}.pt")
+    r = SplitResult(split, out / f"ali_{split}.pt", len(bank), n_ok, failed, frames, like / max(frames, 1), diff,
+                    tot, time.time() - t0)
+    log.debug(r.summary())
+    return r
+
+
 def run(args: argparse.Namespace) -> None:
     from hfasr.errors import DataError
+    from hfasr.fileio import DirLock
 
     if args.num_jobs < 1:
         raise DataError(f"--num-jobs must be >= 1, got {args.num_jobs}")
     t0 = time.time()
-    results = realign(args.model, args.data_dir, args.task, args.gmm_dir, args.lang, args.out, args.splits,
-                      num_jobs=args.num_jobs, acoustic_scale=args.acoustic_scale, prior_scale=args.prior_scale,
-                      prior_path=args.prior, num_threads=args.num_threads, progress=not args.quiet)
+    with DirLock(args.out, "hfasr align"):  # one writer per alignment dir
+        results = realign(args.model, args.data_dir, args.task, args.gmm_dir, args.lang, args.out, args.splits,
+                          num_jobs=args.num_jobs, acoustic_scale=args.acoustic_scale, prior_scale=args.prior_scale,
+                          prior_path=args.prior, num_threads=args.num_threads, progress=not args.quiet)
     for r in results:
         print(r.summary())
     print(f"{args.out}: " + ", ".join(f"{r.split} {r.aligned} aligned / {len(r.failed)} failed" for r in results)

@@ -34,10 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     import torch
-    from lhotse import load_manifest
 
     from hfasr.bin.ctc_decode import load_ctc_model, split_log_probs
-    from hfasr.data.corpora import manifest_path
+    from hfasr.data.corpora import load_cuts, manifest_path
     from hfasr.decode.ctc import forced_align
     from hfasr.errors import DataError
     from hfasr.models import atomic_save
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     ids, lps, refs = split_log_probs(model, args.data_dir, args.task, args.split, desc=f"align {args.split}")
     out: dict = {"cut_ids": [], "tokens": [], "scores": [], "token_table": list(table.tokens), "input_frames": []}
     skipped = []
-    frames = {c.id: c.num_frames for c in load_manifest(manifest_path(args.data_dir, args.task, args.split, "feats"))}
+    frames = {c.id: c.num_frames for c in load_cuts(manifest_path(args.data_dir, args.task, args.split, "feats"))}
     for cid, lp in zip(ids, lps):
         try:
             ali, sc = forced_align(lp, table.encode(" ".join(refs[cid])), utt=cid)

@@ -82,10 +82,9 @@ def load_ctc_model(path: Path, lang_dir: Path | None):
 def split_log_probs(model, data_dir: Path, task: str, split: str, desc: str = "") -> tuple[list, list, dict]:
     """Cut ids, per-utterance CTC log-probabilities (T', K) and transcripts of a split."""
     import torch
-    from lhotse import load_manifest
     from tqdm import tqdm
 
-    from hfasr.data.corpora import manifest_path
+    from hfasr.data.corpora import load_cuts, manifest_path
     from hfasr.errors import DataError
     from hfasr.models import compute_loglikes
 
@@ -93,9 +92,9 @@ def split_log_probs(model, data_dir: Path, task: str, split: str, desc: str = ""
     if not m.is_file():
         raise DataError(f"{m}: features manifest not found; run `hfasr features` first")
     ids, lps, texts = [], [], {}
-    for c in tqdm(load_manifest(m), desc=desc or f"ctc {task}/{split}", disable=None, leave=False):
+    for c in tqdm(load_cuts(m), desc=desc or f"ctc {task}/{split}", disable=None, leave=False):
         ids.append(c.id)
-        lps.append(compute_loglikes(model, torch.from_numpy(c.load_features())))
+        lps.append(compute_loglikes(model, torch.from_numpy(c.load_features()), name=f"cut '{c.id}'"))
         texts[c.id] = " ".join(s.text or "" for s in c.supervisions).split()
     return ids, lps, texts
 
@@ -104,8 +103,19 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from hfasr.config import load_config
+    from hfasr.decode import DecoderConfig
+    from hfasr.fileio import DirLock, staged_dir
+
+    torch.set_num_threads(args.num_threads)
+    cfg = load_config(DecoderConfig, args.config, overrides={"beam": args.beam, "max_active": args.max_active})
+    with DirLock(args.out, "hfasr ctc-decode"), staged_dir(args.out) as stage:
+        decode_into(args, stage, cfg)
+
+
+def decode_into(args: argparse.Namespace, out: Path, cfg) -> None:
+    """Decode and score as :func:`run` says, writing into ``out`` (the staging dir of ``--out``:
+    the results are published together once all are written)."""
     from hfasr.decode import (
-        DecoderConfig,
         DevSet,
         bootstrap_ci,
         decode_and_score,
@@ -123,18 +133,16 @@ def run(args: argparse.Namespace) -> None:
         token_error_line,
         tokens_to_words,
     )
+    from hfasr.fileio import write_text as write_file
 
-    torch.set_num_threads(args.num_threads)
-    cfg = load_config(DecoderConfig, args.config, overrides={"beam": args.beam, "max_active": args.max_active})
     set_name = args.set_name or args.split
     model, table, prons = load_ctc_model(args.model, args.lang)
     ids, lps, refs = split_log_probs(model, args.data_dir, args.task, args.split)
     lps = [penalize_blank(x, args.blank_penalty) for x in lps]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text(args.out / "ref.txt", refs)
+    write_text(out / "ref.txt", refs)
 
     # greedy
-    gdir = args.out / "greedy"
+    gdir = out / "greedy"
     units = {c: table.decode(greedy_ids(x)) for c, x in zip(ids, lps)}
     hyps = {c: tokens_to_words(u, table.unit, table.word_boundary, prons) for c, u in units.items()}
     write_text(gdir / "hyp.txt", hyps)
@@ -144,7 +152,7 @@ def run(args: argparse.Namespace) -> None:
     write_text(gdir / "tokens_ref.txt", tok_refs)
     write_text(gdir / "tokens_hyp.txt", units)
     ter = token_error_line(score(tok_refs, units), "PER" if table.unit == "phone" else "CER")
-    (gdir / "ter.txt").write_text(ter + "\n")
+    write_file(gdir / "ter.txt", ter + "\n")
     print(f"greedy: {g_res.wer_line()}  {ter}")
     if args.no_graph:
         return
@@ -164,7 +172,7 @@ def run(args: argparse.Namespace) -> None:
         dev_ids, dev_lps, dev_refs = split_log_probs(model, args.data_dir, args.task, args.dev_split)
         dev_lps = [penalize_blank(x, args.blank_penalty) for x in dev_lps]
         dev = DevSet(dev_ids, dev_lps, dev_refs, name=args.dev_split)
-    decode_and_score(graph, ctc_tid2pdf(len(table)), id2word, ids, lps, args.out, set_name, refs=refs, dev=dev,
+    decode_and_score(graph, ctc_tid2pdf(len(table)), id2word, ids, lps, out, set_name, refs=refs, dev=dev,
                      acoustic_scale=args.acoustic_scale,
                      lm_weights=parse_floats(args.lm_weights, "--lm-weights") if dev else None,
                      word_penalties=parse_floats(args.word_penalties, "--word-penalties") if dev else (0.0,),

@@ -46,20 +46,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_loglikes(path: Path) -> tuple[list[str], list]:
-    """Read a log-likelihood file; DataError naming the file if malformed."""
+    """Read a log-likelihood file (:func:`hfasr.fileio.load_torch`: a tampered file's code never
+    runs); DataError naming the file if missing, truncated or malformed, and naming the cut if
+    its log-likelihoods hold a non-finite value (a NaN would decode as all deletions)."""
     import torch
+
+    from hfasr.fileio import load_torch
 
     if not path.is_file():
         raise DataError(f"log-likelihood file not found: {path}")
-    d = torch.load(path, weights_only=True, map_location="cpu")
-    if not isinstance(d, dict) or "cut_ids" not in d or "loglikes" not in d:
-        raise DataError(f"{path}: expected a dict with 'cut_ids' and 'loglikes'")
+    d = load_torch(path, "a log-likelihood file written by hfasr loglikes", keys=("cut_ids", "loglikes"))
+    if not isinstance(d["cut_ids"], (list, tuple)) or not isinstance(d["loglikes"], (list, tuple)):
+        raise DataError(f"{path}: 'cut_ids' and 'loglikes' must be lists (a file of hfasr loglikes)")
     ids, lls = list(d["cut_ids"]), list(d["loglikes"])
     if len(ids) != len(lls):
         raise DataError(f"{path}: {len(ids)} cut ids but {len(lls)} log-likelihood matrices")
     for c, x in zip(ids, lls):
+        if not isinstance(c, str):
+            raise DataError(f"{path}: cut id {c!r} is not a string")
         if not isinstance(x, torch.Tensor) or x.dim() != 2:
             raise DataError(f"{path}: log-likelihoods of '{c}' are not a (T, num_pdfs) tensor")
+        if not x.is_floating_point():
+            raise DataError(f"{path}: log-likelihoods of '{c}' are not a float tensor ({x.dtype})")
+        if not bool(torch.isfinite(x).all()):
+            frame = int((~torch.isfinite(x)).any(1).nonzero()[0])
+            raise DataError(f"{path}: log-likelihoods of cut '{c}' are not finite (frame {frame}); "
+                            "check its features and rerun `hfasr loglikes`")
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path}: duplicate cut ids")
     return ids, lls
 
 
@@ -74,6 +88,13 @@ def load_tid2pdf(model_dir: Path):
 
 
 def run(args: argparse.Namespace) -> None:
+    from hfasr.fileio import DirLock
+
+    with DirLock(args.out, "hfasr decode"):  # one writer per output dir
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
     from hfasr.decode import DecoderConfig, DevSet, decode_and_score, parse_floats, read_id2word
     from hfasr.decode.score import read_text

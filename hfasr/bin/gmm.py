@@ -5,6 +5,11 @@ copies), builds ``graph/HCLG.fst`` and writes frame alignments ``ali_<split>.pt`
 configured splits (default train and dev). With ``--decode-split test``, also decodes that
 split with the GMM (``hfasr.gmm.decode.decode_gmm``) and scores it into ``OUT/decode_test/``
 (``hyp.txt``, ``ref.txt``, ``wer.txt`` with the bootstrap CI, ``errs-test.txt``).
+
+Training and decoding write into a staging dir that is published to ``--out`` only when all of
+it succeeded (a failed run leaves the previous GMM dir in full); alignments and decodes of an
+earlier model that this run did not rewrite are removed. A second run on the same ``--out``
+fails at once while one holds it.
 """
 
 from __future__ import annotations
@@ -35,29 +40,31 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
-    from hfasr.gmm.train import GmmConfig, train_gmm
+    from hfasr.fileio import DirLock, staged_dir
+    from hfasr.gmm.train import GmmConfig, remove_stale, train_gmm
 
     cfg = load_config(GmmConfig, args.config, {"num_jobs": args.num_jobs})
-    model = train_gmm(args.data_dir, args.task, args.lang, args.out, cfg, progress=not args.quiet)
-    print(f"{args.out}: {model.num_pdfs} pdfs, {model.am.num_gauss} Gaussians")
-    note = f"acoustic scale {args.acoustic_scale:g} (given)"
-    if args.decode_split and args.lm_weights:
-        args.acoustic_scale, note = sweep_dev(args)
-    for split in args.decode_split or []:
-        decode_split(args, split, note)
+    with DirLock(args.out, "hfasr gmm"), staged_dir(args.out) as stage:
+        model = train_gmm(args.data_dir, args.task, args.lang, stage, cfg, progress=not args.quiet)
+        print(f"{args.out}: {model.num_pdfs} pdfs, {model.am.num_gauss} Gaussians")
+        note = f"acoustic scale {args.acoustic_scale:g} (given)"
+        if args.decode_split and args.lm_weights:
+            args.acoustic_scale, note = sweep_dev(args, stage)
+        for split in args.decode_split or []:
+            decode_split(args, split, note, stage)
+        produced = {p.name for p in stage.iterdir()}
+    remove_stale(args.out, produced)
 
 
 def load_split(data_dir: Path, task: str, split: str):
     """The feature CutSet of ``split`` and its references (cut id -> words); DataError if missing."""
-    from lhotse import load_manifest
-
-    from hfasr.data.corpora import manifest_path
+    from hfasr.data.corpora import load_cuts, manifest_path
     from hfasr.errors import DataError
 
     path = manifest_path(data_dir, task, split, "feats")
     if not path.is_file():
         raise DataError(f"{path}: feature manifest not found; run `hfasr features` first")
-    cuts = load_manifest(path)
+    cuts = load_cuts(path)
     refs = {c.id: " ".join(s.text or "" for s in c.supervisions).split() for c in cuts}
     return cuts, refs
 
@@ -80,34 +87,39 @@ def lm_weight_sweep(gmm_dir: Path, cuts, refs: dict[str, list[str]], lm_weights:
     return points
 
 
-def sweep_dev(args: argparse.Namespace) -> tuple[float, str]:
-    """Decode ``--dev-split`` at each ``--lm-weights`` point (:func:`lm_weight_sweep`);
-    ``OUT/decode_<dev>_sweep.txt`` lists them. Returns the best acoustic scale and the note."""
+def sweep_dev(args: argparse.Namespace, gmm_dir: Path | None = None) -> tuple[float, str]:
+    """Decode ``--dev-split`` at each ``--lm-weights`` point (:func:`lm_weight_sweep`) with the GMM
+    dir ``gmm_dir`` (default ``--out``); ``<gmm_dir>/decode_<dev>_sweep.txt`` lists them. Returns
+    the best acoustic scale and the note."""
     from hfasr.decode import parse_floats
+    from hfasr.fileio import write_text
 
+    gmm_dir = gmm_dir or args.out
     cuts, refs = load_split(args.data_dir, args.task, args.dev_split)
-    points = lm_weight_sweep(args.out, cuts, refs, parse_floats(args.lm_weights, "--lm-weights"))
+    points = lm_weight_sweep(gmm_dir, cuts, refs, parse_floats(args.lm_weights, "--lm-weights"))
     lmwt, best = min(points, key=lambda p: p[1].errors)
     lines = [f"LMWT {w:g} acoustic_scale {1 / w:.6f} {r.wer_line()}\n" for w, r in points]
-    (args.out / f"decode_{args.dev_split}_sweep.txt").write_text("".join(lines) + f"best LMWT {lmwt:g}\n")
+    write_text(gmm_dir / f"decode_{args.dev_split}_sweep.txt", "".join(lines) + f"best LMWT {lmwt:g}\n")
     return 1 / lmwt, f"acoustic scale {1 / lmwt:.6f} (LMWT {lmwt:g}, best on {args.dev_split}: {best.wer_line()})"
 
 
-def decode_split(args: argparse.Namespace, split: str, note: str = "") -> None:
-    """GMM-decode ``split`` into ``OUT/decode_<split>/`` (hyp.txt, ref.txt, wer.txt, errs-<split>.txt)."""
+def decode_split(args: argparse.Namespace, split: str, note: str = "", gmm_dir: Path | None = None) -> None:
+    """GMM-decode ``split`` with the GMM dir ``gmm_dir`` (default ``--out``) into
+    ``<gmm_dir>/decode_<split>/`` (hyp.txt, ref.txt, wer.txt, errs-<split>.txt)."""
     from hfasr.decode.score import bootstrap_ci, score, write_results, write_text
+    from hfasr.fileio import write_text as write_file
     from hfasr.gmm.decode import decode_gmm
 
+    gmm_dir = gmm_dir or args.out
     cuts, refs = load_split(args.data_dir, args.task, split)
     hyps = {cid: words.split() for cid, words in
-            decode_gmm(args.out, cuts, acoustic_scale=args.acoustic_scale, progress=not args.quiet)}
-    out = args.out / f"decode_{split}"
+            decode_gmm(gmm_dir, cuts, acoustic_scale=args.acoustic_scale, progress=not args.quiet)}
+    out = gmm_dir / f"decode_{split}"
     write_text(out / "hyp.txt", hyps)
     write_text(out / "ref.txt", refs)
     result = score(refs, hyps)
     wer = write_results(out, split, result, bootstrap_ci(result))
     if note:
-        with open(wer, "a") as f:
-            f.write(f"# {note}\n")
+        write_file(wer, wer.read_text() + f"# {note}\n")
     print(f"GMM {split} ({note or f'acoustic scale {args.acoustic_scale:g}'}): "
           + " ".join(wer.read_text().split("\n")[:1]))

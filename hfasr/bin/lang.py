@@ -6,7 +6,9 @@ the known tasks (yesno, fsdd_*, synth; ``data/lang/``), else the corpus's own di
 TIMIT) need ``--lexicon``. Every word of the train/dev/test transcripts must be in the lexicon.
 The n-gram LM (G) and the weak unigram LM (G_weak) are trained on the training transcripts; the
 OOV rate (w.r.t. the words of the LM training text) and the perplexity of G on the dev and test
-transcripts are printed and written to ``LANGDIR/lm_stats.txt``.
+transcripts are printed and written to ``LANGDIR/lm_stats.txt``. The files are published
+together once all are written (a failed run leaves LANGDIR as it was); a second run on the same
+LANGDIR fails at once while one holds it.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
+    from hfasr.fileio import DirLock
     from hfasr.lang.prepare import LangConfig, prepare_lang
 
     cfg = load_config(LangConfig, args.config, {"lm_order": args.lm_order})
-    lang = prepare_lang(args.data_dir, args.task, args.out, cfg, lexicon=args.lexicon)
+    with DirLock(args.out, "hfasr lang"):  # one writer per lang dir
+        lang = prepare_lang(args.data_dir, args.task, args.out, cfg, lexicon=args.lexicon)
     nphones = len([p for p in lang.phones if not p.startswith("#") and p != "<eps>"])
     nwords = len(lang.words) - 4
     print(f"{args.out}: {nwords} words, {nphones} phones, {len(lang.disambig)} disambiguation symbols")

@@ -26,32 +26,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from hfasr.fileio import DirLock
+
+    # one writer per output dir (the model's experiment dir, usually): not while `hfasr train`
+    # still writes there, nor two loglikes runs at once
+    with DirLock(args.out.parent, "hfasr loglikes"):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     import torch
-    from lhotse import load_manifest
     from tqdm import tqdm
 
-    from hfasr.data.corpora import manifest_path
+    from hfasr.data.corpora import load_cuts, manifest_path
     from hfasr.errors import DataError
-    from hfasr.models import compute_loglikes, load_model, load_prior
+    from hfasr.fileio import write_text
+    from hfasr.models import atomic_save, compute_loglikes, load_model, load_prior
 
     torch.set_num_threads(args.num_threads)
     m = manifest_path(args.data_dir, args.task, args.split, "feats")
     if not m.is_file():
         raise DataError(f"{m}: features manifest not found; run `hfasr features` first")
-    cuts = load_manifest(m)
+    cuts = load_cuts(m)
     model = load_model(args.model)
     prior = load_prior(args.prior or args.model.parent / "prior.pt")
     ids, lls, lines = [], [], []
     for c in tqdm(cuts, desc=f"loglikes {args.task}/{args.split}", disable=None):
         feats = torch.from_numpy(c.load_features())
         ids.append(c.id)
-        lls.append(compute_loglikes(model, feats, prior, args.prior_scale))
+        # non-finite features or outputs: a DataError naming the cut (never a NaN written)
+        lls.append(compute_loglikes(model, feats, prior, args.prior_scale, name=f"cut '{c.id}' of {m}"))
         lines.append(f"{c.id} {' '.join(s.text for s in c.supervisions)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    torch.save({"cut_ids": ids, "loglikes": lls}, tmp)
-    tmp.replace(args.out)
+    atomic_save({"cut_ids": ids, "loglikes": lls}, args.out)  # a full disk: an error, no partial file
     if args.text:
-        args.text.parent.mkdir(parents=True, exist_ok=True)
-        args.text.write_text("\n".join(lines) + "\n")
+        write_text(args.text, "\n".join(lines) + "\n")
     print(f"wrote {len(ids)} utterances to {args.out}")

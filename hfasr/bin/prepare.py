@@ -21,6 +21,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--config", type=Path, help="YAML options for this corpus")
     sp.add_argument("--download", action="store_true", help="download the corpus into OUT/download first (needs internet)")
     sp.add_argument("--skip-bad", action="store_true", help="skip bad recordings/transcripts, listing them in OUT/skipped.txt")
+    sp.add_argument("--downmix", action="store_true",
+                    help="use the channel average of multi-channel files (a warning names each; default: an error)")
     sp.add_argument("--num-jobs", type=int, default=1, help="parallel jobs (synth)")
 
 
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> None:
     from hfasr.data.corpora import prepare_corpus, summarize
 
     tasks = prepare_corpus(args.corpus, args.out, corpus_dir=args.corpus_dir, config=args.config,
-                           skip_bad=args.skip_bad, download=args.download, num_jobs=args.num_jobs)
+                           skip_bad=args.skip_bad, download=args.download, num_jobs=args.num_jobs,
+                           downmix=args.downmix)
     for task, splits in tasks.items():
         for split, cuts in splits.items():
             n, hours, spk = summarize(cuts)

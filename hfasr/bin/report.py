@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfasr.bin.results import parse_wer
 from hfasr.errors import DataError
+from hfasr.fileio import atomic_path, write_text
+
+log = logging.getLogger(__name__)
 
 HELP = "plots and tables comparing training runs (dev objective / WER vs updates and wall time)"
 
@@ -92,7 +96,8 @@ def read_history(exp_dir: str | Path) -> Run:
 
     Raises :class:`DataError` naming the file (and line) for a missing or empty file, a line
     that is not a JSON object, a missing or mistyped required key, a negative update, a
-    non-finite ``wall_s``, or a second ``run`` label in the same file.
+    non-finite ``wall_s``, or a second ``run`` label in the same file. A torn last line (no
+    newline: a run killed while appending it) is skipped with a warning.
     """
     exp_dir = Path(exp_dir)
     path = exp_dir / "history.jsonl"
@@ -100,12 +105,18 @@ def read_history(exp_dir: str | Path) -> Run:
         raise DataError(f"history file not found: {path}")
     run: Run | None = None
     by_update: dict[int, Point] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
+            if lineno == len(lines) and not text.endswith("\n"):
+                # a torn last line (the run was killed while appending it): not a record yet
+                log.warning("%s:%d: ignoring an incomplete last line", path, lineno)
+                continue
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
@@ -245,7 +256,7 @@ def plot(runs: list[Run], path: str | Path) -> None:
                 ax.legend(fontsize=8)
             else:
                 ax.text(0.5, 0.5, "no dev WER recorded", ha="center", va="center", transform=ax.transAxes)
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(str(path), dpi=100, format="png")  # format: path may be a temporary name
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -266,6 +277,7 @@ def run(args: argparse.Namespace) -> None:
     out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(runs)
-    Path(f"{out}.md").write_text(text, encoding="utf-8")
-    plot(runs, f"{out}.png")
+    write_text(f"{out}.md", text)
+    with atomic_path(f"{out}.png") as tmp:
+        plot(runs, tmp)
     print(text, end="")

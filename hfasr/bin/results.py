@@ -59,11 +59,15 @@ def train_wall(exp: Path, model: str) -> str:
     """The training wall time of ``exp/model`` for the table (see the module docstring)."""
     hist = exp / model / "history.jsonl"
     if hist.is_file():
-        lines = [ln for ln in hist.read_text().splitlines() if ln.strip()]
-        try:
-            wall = json.loads(lines[-1]).get("wall_s") if lines else None
-        except json.JSONDecodeError:
-            wall = None
+        wall = None
+        # the last complete record (a run killed while appending leaves a torn last line)
+        for ln in reversed([ln for ln in hist.read_text().splitlines() if ln.strip()]):
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            wall = rec.get("wall_s") if isinstance(rec, dict) else None
+            break
         if wall is not None:
             return f"{float(wall):.0f} s"
     secs = exp / "marks" / f".{_STAGE_OF.get(model, model)}.seconds"

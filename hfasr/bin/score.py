@@ -33,9 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from hfasr.decode.score import score_files
     from hfasr.errors import HfasrError
+    from hfasr.fileio import DirLock
 
     if args.replications < 1:
         raise HfasrError(f"--replications must be >= 1, got {args.replications}")
-    score_files(args.ref, args.hyp, args.out, args.set_name, mode=args.mode,
-                replications=args.replications, seed=args.seed)
+    with DirLock(args.out, "hfasr score"):  # one writer per output dir
+        score_files(args.ref, args.hyp, args.out, args.set_name, mode=args.mode,
+                    replications=args.replications, seed=args.seed)
     print((args.out / "wer.txt").read_text(), end="")

@@ -132,8 +132,10 @@ class TokenTable:
         return out, lens
 
     def write(self, path: str | Path) -> None:
-        """Kaldi-style ``tokens.txt``: ``token id`` per line."""
-        Path(path).write_text("".join(f"{t} {i}\n" for i, t in enumerate(self.tokens)))
+        """Kaldi-style ``tokens.txt``: ``token id`` per line (written atomically)."""
+        from hfasr.fileio import write_text
+
+        write_text(path, "".join(f"{t} {i}\n" for i, t in enumerate(self.tokens)))
 
     @classmethod
     def read(cls, path: str | Path, lexicon: Mapping[str, Sequence[str]] | None = None,

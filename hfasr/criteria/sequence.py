@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from hfasr.config import bounded, check_ranges
 from hfasr.criteria.curvature import SoftmaxFisher, Sum
 from hfasr.errors import DataError
 from hfasr.lattice.fb import LatticeBatch
@@ -55,16 +56,19 @@ class SequenceConfig:
     """Options of the sequence criteria (defaults: Kaldi nnet1)."""
 
     criterion: Criterion = "smbr"
-    acoustic_scale: float = 0.1  # κ
-    lm_scale: float = 1.0
-    boost: float = 0.1  # b of boosted MMI (bmmi only)
-    ce_weight: float = 0.0  # frame-CE smoothing weight
+    acoustic_scale: float = bounded(0.1, gt=0)  # κ
+    lm_scale: float = bounded(1.0, ge=0)
+    boost: float = bounded(0.1, ge=0)  # b of boosted MMI (bmmi only)
+    ce_weight: float = bounded(0.0, ge=0)  # frame-CE smoothing weight
     drop_frames: bool = True  # MMI/bMMI: drop frames whose reference pdf is absent from the lattice
     # sMBR/MPE/boosting: all silence phones count as one class (true, Kaldi nnet1's train_mpe.sh);
     # false: Kaldi's older rule, frames with a silence phone in the hypothesis count 0 (sMBR/MPE)
     one_silence_class: bool = True
     curvature: CurvatureKind = "fisher"
-    fisher_scale: float | None = None  # scale of the `fisher` option; None = κ²
+    fisher_scale: float | None = bounded(None, gt=0)  # scale of the `fisher` option; None = κ²
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass

@@ -24,9 +24,20 @@ mini_librispeech                              dev = dev-clean, test = test-clean
 timit         ``timit``                       lhotse's recipe (TRAIN / DEV / TEST speakers)
 ============  ==============================  ===============================================
 
-Every recording is checked (:func:`hfasr.data.audio.check_audio_file`) and every transcript
-must be non-empty. A bad item raises :class:`~hfasr.errors.DataError` naming it; with
-``skip_bad=True`` it is left out instead and listed in ``<out>/skipped.txt``.
+Every recording is checked (:func:`hfasr.data.audio.check_audio_file`: complete, decodable,
+finite samples within full scale) and every transcript must be non-empty. Within a corpus every
+recording must be mono (a multi-channel file is an error, or with ``downmix: true`` / ``--downmix``
+replaced by a mono copy of its channel average under ``<out>/downmix/``, with a warning naming
+it), have the corpus's (most common) sampling rate, and have a recording id of its own. A bad
+item raises :class:`~hfasr.errors.DataError` naming it; with ``skip_bad=True`` it is left out
+instead and listed in ``<out>/skipped.txt``.
+
+Outputs are staged (:func:`hfasr.fileio.staged_dir`): all tasks' and splits' manifests,
+``skipped.txt`` and the lexicon are published together once every split was written, so a
+failed run leaves the previous manifests as they were. Audio that depends on the config (FSDD's
+connected digits, synth's wavs) is staged with them; audio that is a function of one source file
+alone (AN4's WAV copies, mono copies) is written atomically in place. A manifest that cannot be
+read is a DataError naming it (:func:`load_cuts`).
 """
 
 from __future__ import annotations
@@ -45,9 +56,10 @@ import numpy as np
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 
-from hfasr.config import load_config
-from hfasr.data.audio import check_audio_file
+from hfasr.config import bounded, check_ranges, limits, load_config, ordered
+from hfasr.data.audio import AudioInfo, check_audio_file, downmix
 from hfasr.errors import ConfigError, DataError, HfasrError
+from hfasr.fileio import atomic_path, staged_dir, write_text
 from hfasr.lang.lexicon import Lexicon
 
 log = logging.getLogger(__name__)
@@ -75,10 +87,8 @@ class BadItems:
             return None
 
     def write_report(self, path: Path) -> None:
-        """Write ``item<TAB>reason`` lines (an empty file when nothing was skipped)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as f:
-            f.writelines(f"{item}\t{reason}\n" for item, reason in self.items)
+        """Write ``item<TAB>reason`` lines atomically (an empty file when nothing was skipped)."""
+        write_text(path, "".join(f"{item}\t{reason}\n" for item, reason in self.items))
 
 
 def _require_dir(path: Path | None, what: str) -> Path:
@@ -96,6 +106,60 @@ def _check_text(text: str | None, utt: str, where: str) -> str:
     return " ".join(text.split())
 
 
+def _mono(path: Path, allow_downmix: bool, dst: Path) -> tuple[Path, AudioInfo]:
+    """Check ``path`` (:func:`check_audio_file`) and that it is mono; return the file to use
+    and its info. A multi-channel file is a DataError naming it, or with ``allow_downmix`` its
+    channel average is written to ``dst`` (a warning names the file) and ``dst`` is used."""
+    info = check_audio_file(path)
+    if info.num_channels == 1:
+        return path, info
+    if not allow_downmix:
+        raise _not_mono(path, info.num_channels)
+    return dst, downmix(path, dst)
+
+
+def _not_mono(path: Path, channels: int) -> DataError:
+    return DataError(f"{path}: {channels} audio channels, but hfasr needs mono recordings; set "
+                     f"`downmix: true` in the prepare config (or pass --downmix) to use the channel "
+                     f"average, or convert the file")
+
+
+def _rate_outliers(corpus: str, files: list[tuple[str, Path, int]], bad: BadItems) -> set[str]:
+    """Items ``(key, file, sampling rate)`` whose rate differs from the corpus's most common
+    rate (ties: the rate of the first file): a DataError naming the file, or (``skip_bad``)
+    recorded as skipped; returns the skipped keys."""
+    if not files:
+        return set()
+    count = Counter(r for _, _, r in files)
+    rate = count.most_common(1)[0][0]  # equal counts: the one met first
+    out = set()
+    for key, path, r in files:
+        if r != rate:
+            def _bad(path=path, r=r):
+                raise DataError(f"{path}: sampling rate {r} Hz differs from the {rate} Hz of the other "
+                                f"{count[rate]} recordings of {corpus}; resample it (e.g. `sox IN -r {rate} OUT`)")
+            bad.check(str(path), _bad)
+            out.add(key)
+    return out
+
+
+def _duplicate_ids(corpus: str, items: list[tuple[str, Path]], bad: BadItems) -> set[Path]:
+    """Files of ``(recording id, file)`` items whose id an earlier file already has: a DataError
+    naming both files, or (``skip_bad``) the later file recorded as skipped; returns those files."""
+    first: dict[str, Path] = {}
+    out = set()
+    for rid, path in items:
+        if rid not in first:
+            first[rid] = path
+            continue
+        def _dup(rid=rid, path=path):
+            raise DataError(f"{corpus}: {path} and {first[rid]} get the same recording id '{rid}'; "
+                            f"remove or rename one of them")
+        bad.check(str(path), _dup)
+        out.add(path)
+    return out
+
+
 def _cuts(recordings: list[Recording], sups: list[SupervisionSegment]) -> CutSet:
     return CutSet.from_manifests(
         recordings=RecordingSet.from_recordings(recordings),
@@ -111,13 +175,16 @@ class YesnoConfig:
     """Options of ``hfasr prepare yesno`` (lhotse's split is fixed: no options needed yet)."""
 
     dev_from_train: bool = True  # yesno has no dev split; write train's cuts as dev too
+    downmix: bool = False  # multi-channel files: error (false) or a mono copy of the channel average (true)
 
 
-def prepare_yesno(corpus_dir: Path | None, cfg: YesnoConfig, bad: BadItems, download_dir: Path | None = None) -> dict:
+def prepare_yesno(corpus_dir: Path | None, cfg: YesnoConfig, bad: BadItems, download_dir: Path | None = None,
+                  out_dir: Path | None = None) -> dict:
     """Kaldi's yesno corpus through ``lhotse.recipes.prepare_yesno`` (30 train / 30 test cuts).
 
     ``corpus_dir`` is the ``waves_yesno/`` folder itself (or its parent). With ``download_dir``
-    the archive is fetched with ``lhotse.recipes.download_yesno`` first.
+    the archive is fetched with ``lhotse.recipes.download_yesno`` first. Mono copies of
+    multi-channel files (``cfg.downmix``) go to ``<out_dir>/downmix/yesno/``.
     """
     from lhotse.recipes import download_yesno
     from lhotse.recipes import prepare_yesno as lhotse_prepare_yesno
@@ -130,16 +197,19 @@ def prepare_yesno(corpus_dir: Path | None, cfg: YesnoConfig, bad: BadItems, down
     wavs = sorted(corpus_dir.glob("*.wav"))
     if len(wavs) == 0:
         raise DataError(f"{corpus_dir}: no .wav files found (expected the 60 files of waves_yesno/)")
-    good: list[Path] = []
+    mono_dir = Path(out_dir or corpus_dir) / "downmix" / "yesno"
+    use: dict[Path, tuple[Path, AudioInfo]] = {}  # good file -> (file to use, its info)
     for w in wavs:
         def _one(w=w):
             if not re.fullmatch(r"[01](_[01]){7}", w.stem):
                 raise DataError(f"{w}: not a yesno file name (want 8 of 0/1 joined by '_'); its transcript is encoded there")
-            check_audio_file(w)
-            return w
-        if bad.check(str(w), _one) is not None:
-            good.append(w)
-    if len(good) == len(wavs) == 60:
+            return _mono(w, cfg.downmix, mono_dir / w.name)
+        got = bad.check(str(w), _one)
+        if got is not None:
+            use[w] = got
+    odd = _rate_outliers("yesno", [(w, w, info.sampling_rate) for w, (_, info) in use.items()], bad)
+    good = [w for w in use if w not in odd]
+    if len(good) == len(wavs) == 60 and all(use[w][0] == w for w in good):
         m = lhotse_prepare_yesno(corpus_dir)
         parts = {"train": m["train"], "test": m["test"]}
         out = {s: CutSet.from_manifests(**parts[s]) for s in parts}
@@ -147,7 +217,7 @@ def prepare_yesno(corpus_dir: Path | None, cfg: YesnoConfig, bad: BadItems, down
         if len(wavs) != 60 and not bad.skip_bad:
             raise DataError(f"{corpus_dir}: expected the 60 waves_yesno files, found {len(wavs)}")
         # lhotse's own split rule (sorted files; even positions train, odd test) on the files
-        # present, leaving out the bad ones (only reached with skip_bad).
+        # present, leaving out the bad ones (skip_bad) and using mono copies (downmix).
         goodset = set(good)
         out = {}
         for split, sel in (("train", wavs[::2]), ("test", wavs[1::2])):
@@ -155,7 +225,7 @@ def prepare_yesno(corpus_dir: Path | None, cfg: YesnoConfig, bad: BadItems, down
             for w in sel:
                 if w not in goodset:
                     continue
-                r = Recording.from_file(w)
+                r = Recording.from_file(use[w][0], recording_id=w.stem)
                 words = " ".join("YES" if c == "1" else "NO" for c in w.stem.split("_"))
                 recs.append(r)
                 sups.append(SupervisionSegment(id=r.id, recording_id=r.id, start=0.0, duration=r.duration,
@@ -175,42 +245,61 @@ FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs
 class FsddConfig:
     """Options of ``hfasr prepare fsdd``."""
 
-    test_speakers: list[str] = field(default_factory=lambda: ["theo"])  # held out in fsdd_spk/fsdd_conn
+    test_speakers: list[str] = field(  # held out in fsdd_spk/fsdd_conn
+        default_factory=lambda: ["theo"], metadata=limits(nonempty=True))
     # fsdd_spk / fsdd_conn dev: all recordings of these speakers (also held out of training: a
     # speaker-disjoint dev set); [] = takes 0..own_test_takes-1 of the training speakers
     dev_speakers: list[str] = field(default_factory=lambda: ["jackson"])
-    own_test_takes: int = 5  # takes 0..4 are the corpus's own test set
-    own_dev_takes: int = 5  # fsdd_iso: the next 5 takes (5..9) are dev
-    conn_min_digits: int = 3  # digits per connected utterance, inclusive range
-    conn_max_digits: int = 7
-    conn_min_pause: float = 0.1  # seconds of low-level noise between (and around) digits
-    conn_max_pause: float = 0.3
-    conn_noise_db: float = -40.0  # pause-noise level relative to the speech RMS (dB)
-    conn_train_passes: int = 3  # times each training recording is used (in different contexts)
-    seed: int = 0
+    own_test_takes: int = bounded(5, ge=1)  # takes 0..4 are the corpus's own test set
+    own_dev_takes: int = bounded(5, ge=1)  # fsdd_iso: the next 5 takes (5..9) are dev
+    conn_min_digits: int = bounded(3, ge=1)  # digits per connected utterance, inclusive range
+    conn_max_digits: int = bounded(7, ge=1)
+    conn_min_pause: float = bounded(0.1, ge=0)  # seconds of low-level noise between (and around) digits
+    conn_max_pause: float = bounded(0.3, ge=0)
+    conn_noise_db: float = bounded(-40.0)  # pause-noise level relative to the speech RMS (dB)
+    conn_train_passes: int = bounded(3, ge=1)  # times each training recording is used (in different contexts)
+    seed: int = bounded(0, ge=0)
+    downmix: bool = False  # multi-channel files: error (false) or a mono copy of the channel average (true)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        ordered(self, "conn_min_digits", "conn_max_digits")
+        ordered(self, "conn_min_pause", "conn_max_pause")
 
 
 _FSDD_NAME = re.compile(r"(\d)_([A-Za-z]+)_(\d+)")
 
 
-def _fsdd_files(corpus_dir: Path, bad: BadItems) -> list[tuple[Path, int, str, int, Recording]]:
+def _fsdd_files(corpus_dir: Path, bad: BadItems, out_dir: Path | None = None,
+                allow_downmix: bool = False) -> list[tuple[Path, int, str, int, Recording]]:
+    """``(audio file, digit, speaker, take, Recording)`` of every good FSDD file (the audio file
+    is a mono copy under ``<out_dir>/downmix/fsdd/`` for a downmixed one)."""
     rec_dir = corpus_dir / "recordings" if (corpus_dir / "recordings").is_dir() else corpus_dir
     wavs = sorted(rec_dir.glob("*.wav"))
     if not wavs:
         raise DataError(f"{rec_dir}: no .wav files found (expected FSDD's recordings/ folder)")
-    out = []
+    mono_dir = Path(out_dir or corpus_dir) / "downmix" / "fsdd"
+    named = []
     for w in wavs:
-        def _one(w=w):
+        def _name(w=w):
             m = _FSDD_NAME.fullmatch(w.stem)
             if m is None:
                 raise DataError(f"{w}: not an FSDD file name '<digit>_<speaker>_<take>.wav'; its transcript is encoded there")
-            check_audio_file(w)
-            rec = Recording.from_file(w, recording_id=f"fsdd-{m.group(2)}-{m.group(1)}-{int(m.group(3)):02d}")
-            return (w, int(m.group(1)), m.group(2), int(m.group(3)), rec)
-        item = bad.check(str(w), _one)
-        if item is not None:
-            out.append(item)
-    return out
+            return w, f"fsdd-{m.group(2)}-{m.group(1)}-{int(m.group(3)):02d}", m
+        got = bad.check(str(w), _name)
+        if got is not None:
+            named.append(got)
+    dups = _duplicate_ids("fsdd", [(rid, w) for w, rid, _ in named], bad)
+    checked = []
+    for w, rid, m in named:
+        if w in dups:
+            continue
+        got = bad.check(str(w), _mono, w, allow_downmix, mono_dir / w.name)
+        if got is not None:
+            checked.append((w, rid, m, got[0], got[1]))
+    odd = _rate_outliers("fsdd", [(w, w, info.sampling_rate) for w, _, _, _, info in checked], bad)
+    return [(src, int(m.group(1)), m.group(2), int(m.group(3)), Recording.from_file(src, recording_id=rid))
+            for w, rid, m, src, _ in checked if w not in odd]
 
 
 def _iso_cuts(items) -> CutSet:
@@ -224,9 +313,8 @@ def _iso_cuts(items) -> CutSet:
 
 
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
-    tmp = path.with_suffix(".tmp.wav")
-    sf.write(str(tmp), audio, sr, subtype="PCM_16")
-    tmp.replace(path)
+    with atomic_path(path, fsync=False) as tmp:  # many small files: renamed whole, not fsync'ed
+        sf.write(str(tmp), audio, sr, format="WAV", subtype="PCM_16")
 
 
 def _connected(items, split: str, passes: int, cfg: FsddConfig, wav_dir: Path) -> CutSet:
@@ -285,15 +373,17 @@ def _connected(items, split: str, passes: int, cfg: FsddConfig, wav_dir: Path) -
 
 
 def prepare_fsdd(corpus_dir: Path | None, cfg: FsddConfig, bad: BadItems, out_dir: Path,
-                 download_dir: Path | None = None) -> dict:
+                 download_dir: Path | None = None, audio_dir: Path | None = None) -> dict:
     """Free Spoken Digit Dataset: tasks ``fsdd_iso``, ``fsdd_spk`` and ``fsdd_conn``.
 
     Works from the files present (speakers listed in FSDD's ``metadata.py`` may be missing).
+    The connected-digit wavs go to ``<audio_dir>/fsdd_conn_wavs/`` (default ``out_dir``;
+    :func:`prepare_corpus` stages them, since they depend on the config).
     """
     if download_dir is not None:
         corpus_dir = _download_fsdd(download_dir)
     corpus_dir = _require_dir(corpus_dir, "fsdd")
-    items = _fsdd_files(corpus_dir, bad)
+    items = _fsdd_files(corpus_dir, bad, out_dir, cfg.downmix)
     speakers = sorted({it[2] for it in items})
     for key, names in (("test_speakers", cfg.test_speakers), ("dev_speakers", cfg.dev_speakers)):
         missing = [s for s in names if s not in speakers]
@@ -324,7 +414,7 @@ def prepare_fsdd(corpus_dir: Path | None, cfg: FsddConfig, bad: BadItems, out_di
         "fsdd_spk": {s: _iso_cuts(spk[s]) for s in SPLITS},
         "fsdd_conn": {
             s: _connected(spk[s], s, cfg.conn_train_passes if s == "train" else 1, cfg,
-                          out_dir / "fsdd_conn_wavs" / s)
+                          Path(audio_dir or out_dir) / "fsdd_conn_wavs" / s)
             for s in SPLITS
         },
     }
@@ -358,9 +448,14 @@ _AN4_LINE = re.compile(r"(.*?)\s*\(([^()\s]+)\)\s*")  # "<s> WORDS </s> (utt-id)
 class An4Config:
     """Options of ``hfasr prepare an4``."""
 
-    dev_speakers: list[str] | None = None  # dev = all utterances of these training speakers; None = choose
-    dev_utterances: int = 100  # automatic choice: whole speakers until dev has at least this many utterances
-    seed: int = 0  # shuffles the sorted training speakers for the automatic choice
+    # dev = all utterances of these training speakers; None = choose
+    dev_speakers: list[str] | None = field(default=None, metadata=limits(nonempty=True))
+    dev_utterances: int = bounded(100, ge=1)  # automatic choice: whole speakers until dev has at least this many utterances
+    seed: int = bounded(0, ge=0)  # shuffles the sorted training speakers for the automatic choice
+    downmix: bool = False  # multi-channel files: error (false) or a mono copy of the channel average (true)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -453,35 +548,41 @@ def read_an4_part(corpus_dir: Path, part: str, bad: BadItems) -> list[An4Utt]:
     return out
 
 
-def _an4_audio(corpus_dir: Path, item: An4Utt, out_dir: Path) -> Path:
-    """The checked audio file of ``item``: ``wav/<fileid>.wav``, or ``.sph`` converted to WAV.
+def _an4_audio(corpus_dir: Path, item: An4Utt, out_dir: Path, allow_downmix: bool = False) -> Path:
+    """The checked mono audio file of ``item``: ``wav/<fileid>.wav``, or ``.sph`` converted to WAV.
 
     lhotse reads ``.sph`` only through the ``sph2pipe`` binary, so SPHERE files (the SphinxTrain
     archive) are decoded with libsndfile (uncompressed PCM) and written to
-    ``<out>/an4_wav/<fileid>.wav`` once.
+    ``<out>/an4_wav/<fileid>.wav`` once. A multi-channel file is an error, or with
+    ``allow_downmix`` replaced by its channel average (:func:`_mono`).
     """
     base = corpus_dir / "wav" / item.fileid
     wav, sph = base.with_name(base.name + ".wav"), base.with_name(base.name + ".sph")
     if wav.is_file():
-        check_audio_file(wav)
-        return wav
+        return _mono(wav, allow_downmix, out_dir / "downmix" / "an4" / f"{item.fileid}.wav")[0]
     if not sph.is_file():
         raise DataError(f"{wav}: audio file not found for utterance '{item.utt}' ({item.where}; no .sph either)")
     dst = out_dir / "an4_wav" / f"{item.fileid}.wav"
-    if not dst.is_file() or dst.stat().st_mtime < sph.stat().st_mtime:
+    try:
+        info = check_audio_file(sph)
+    except DataError as e:
+        raise DataError(f"{sph}: cannot decode this SPHERE file of utterance '{item.utt}' ({e}); "
+                        "convert the corpus to WAV first, e.g. `sox X.sph X.wav` (or "
+                        "`sph2pipe -f wav X.sph X.wav`) next to each .sph") from e
+    if info.num_channels != 1 and not allow_downmix:
+        raise _not_mono(sph, info.num_channels)
+    if info.num_channels != 1 or not dst.is_file() or dst.stat().st_mtime < sph.stat().st_mtime:
         try:
-            info = check_audio_file(sph)
             audio, sr = sf.read(str(sph), dtype="int16", always_2d=True)
-        except (DataError, RuntimeError) as e:  # libsndfile's errors are RuntimeErrors
+        except RuntimeError as e:  # libsndfile's errors are RuntimeErrors
             raise DataError(f"{sph}: cannot decode this SPHERE file of utterance '{item.utt}' ({e}); "
                             "convert the corpus to WAV first, e.g. `sox X.sph X.wav` (or "
                             "`sph2pipe -f wav X.sph X.wav`) next to each .sph") from e
         if info.num_channels != 1:
-            audio = audio[:, :1]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_suffix(".tmp.wav")
-        sf.write(str(tmp), audio, sr, subtype="PCM_16")
-        tmp.replace(dst)
+            log.warning("%s: %d channels downmixed to mono (channel average) -> %s", sph, info.num_channels, dst)
+            audio = np.round(audio.astype(np.float64).mean(axis=1)).astype(np.int16)
+        with atomic_path(dst) as tmp:
+            sf.write(str(tmp), audio, sr, format="WAV", subtype="PCM_16")
     check_audio_file(dst)
     return dst
 
@@ -519,7 +620,7 @@ def _an4_dev_speakers(train: list[An4Utt], cfg: An4Config) -> list[str]:
 
 
 def prepare_an4(corpus_dir: Path | None, cfg: An4Config, bad: BadItems, out_dir: Path,
-                download_dir: Path | None = None) -> dict:
+                download_dir: Path | None = None, meta_dir: Path | None = None) -> dict:
     """CMU AN4: task ``an4`` (test = the official test set, dev = whole speakers held out of the
     official training set, train = the other training speakers).
 
@@ -527,6 +628,7 @@ def prepare_an4(corpus_dir: Path | None, cfg: An4Config, bad: BadItems, out_dir:
     archive). Every transcript word must be in ``etc/an4.dic``, which is also written as
     ``<out>/an4_lexicon.txt`` (one line per pronunciation) for ``hfasr lang``. The dev speakers
     are chosen from all listed training utterances, so skipping bad ones does not change them.
+    The lexicon goes to ``meta_dir`` (default ``out_dir``; :func:`prepare_corpus` stages it).
     """
     if download_dir is not None:
         corpus_dir = _download_an4(download_dir)
@@ -546,7 +648,7 @@ def prepare_an4(corpus_dir: Path | None, cfg: An4Config, bad: BadItems, out_dir:
         for w in item.text.split():
             if w not in lex:
                 raise DataError(f"word '{w}' of utterance '{item.utt}' ({item.where}) is not in {dic_path}")
-        audio = _an4_audio(corpus_dir, item, out_dir)
+        audio = _an4_audio(corpus_dir, item, out_dir, cfg.downmix)
         rec = Recording.from_file(audio, recording_id=item.utt)
         sup = SupervisionSegment(id=item.utt, recording_id=item.utt, start=0.0, duration=rec.duration, channel=0,
                                  text=item.text, speaker=item.speaker, language="English")
@@ -559,7 +661,10 @@ def prepare_an4(corpus_dir: Path | None, cfg: An4Config, bad: BadItems, out_dir:
             rs = bad.check(item.utt, _one, item)
             if rs is not None:
                 pairs[split].append(rs)
-    lex.write(out_dir / "an4_lexicon.txt")
+    odd = _rate_outliers("an4", [(r.id, Path(r.sources[0].source), r.sampling_rate)
+                                 for ps in pairs.values() for r, _ in ps], bad)
+    pairs = {s: [(r, x) for r, x in ps if r.id not in odd] for s, ps in pairs.items()}
+    lex.write(Path(meta_dir or out_dir) / "an4_lexicon.txt")
     return {"an4": {s: _cuts([r for r, _ in pairs[s]], [x for _, x in pairs[s]]) for s in SPLITS}}
 
 
@@ -587,12 +692,19 @@ class LibrispeechConfig:
     """Options of ``hfasr prepare librispeech|mini_librispeech``."""
 
     dataset_parts: str = "auto"  # lhotse's dataset_parts: auto, mini_librispeech, or one part name
-    normalize_text: str = "none"  # lhotse's normalize_text option ("none" or "lower")
-    num_jobs: int = 1
+    normalize_text: str = bounded("none", choices=("none", "lower"))  # lhotse's normalize_text option
+    num_jobs: int = bounded(1, ge=1)
+    downmix: bool = False  # multi-channel files: error (false) or a mono copy of the channel average (true)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
-def _check_librispeech_transcripts(corpus_dir: Path, bad: BadItems) -> set[str]:
-    """Every ``*.trans.txt`` line must have text; every audio file must have a line."""
+def _check_librispeech_transcripts(corpus_dir: Path, bad: BadItems, mono_dir: Path | None = None,
+                                   replaced: dict[str, Path] | None = None) -> set[str]:
+    """Every ``*.trans.txt`` line must have text; every audio file must have a line, be good
+    audio, mono (or, with ``mono_dir``, downmixed into it: ``replaced`` maps the utterance to the
+    copy), have the corpus's sampling rate and a name of its own. Returns the bad utterances."""
     bad_ids: set[str] = set()
     listed: set[str] = set()
     for trans in sorted(corpus_dir.rglob("*.trans.txt")):
@@ -604,7 +716,13 @@ def _check_librispeech_transcripts(corpus_dir: Path, bad: BadItems) -> set[str]:
             ok = bad.check(parts[0], _check_text, parts[1] if len(parts) > 1 else None, parts[0], f"{trans}:{lineno}")
             if ok is None:
                 bad_ids.add(parts[0])
-    for audio in sorted(corpus_dir.rglob("*.flac")):
+    flacs = sorted(corpus_dir.rglob("*.flac"))
+    dups = _duplicate_ids("librispeech", [(a.stem, a) for a in flacs], bad)
+    rates = []
+    for audio in flacs:
+        if audio in dups:
+            bad_ids.add(audio.stem)
+            continue
         if audio.stem not in listed:
             def _missing(a=audio):
                 raise DataError(f"{a}: no transcript for utterance '{a.stem}' in {a.parent}/*.trans.txt")
@@ -612,16 +730,24 @@ def _check_librispeech_transcripts(corpus_dir: Path, bad: BadItems) -> set[str]:
             continue
         if audio.stem in bad_ids:
             continue
-        if bad.check(str(audio), check_audio_file, audio) is None:
+        dst = Path(mono_dir or corpus_dir) / audio.relative_to(corpus_dir)
+        got = bad.check(str(audio), _mono, audio, mono_dir is not None, dst)
+        if got is None:
             bad_ids.add(audio.stem)
-    return bad_ids
+            continue
+        if got[0] != audio and replaced is not None:
+            replaced[audio.stem] = got[0]
+        rates.append((audio.stem, audio, got[1].sampling_rate))
+    return bad_ids | _rate_outliers("librispeech", rates, bad)
 
 
-def _librispeech_without(corpus_dir: Path, bad_ids: set[str], shadow: Path) -> Path:
+def _librispeech_without(corpus_dir: Path, bad_ids: set[str], shadow: Path,
+                         replaced: dict[str, Path] | None = None) -> Path:
     """A mirror of ``corpus_dir`` (symlinked audio, filtered ``*.trans.txt``) without ``bad_ids``.
 
     lhotse's recipe parses every transcript line itself, so skipped utterances must be gone from
-    the transcripts it reads (only used with ``skip_bad``).
+    the transcripts it reads (only used with ``skip_bad``, or ``downmix``: the link of an
+    utterance in ``replaced`` points at its mono copy).
     """
     if shadow.exists():
         shutil.rmtree(shadow)
@@ -633,7 +759,7 @@ def _librispeech_without(corpus_dir: Path, bad_ids: set[str], shadow: Path) -> P
         for ln in keep:
             audio = trans.parent / f"{ln.split()[0]}.flac"
             if audio.exists():
-                (dst.parent / audio.name).symlink_to(audio.resolve())
+                (dst.parent / audio.name).symlink_to((replaced or {}).get(audio.stem, audio).resolve())
     return shadow
 
 
@@ -649,9 +775,11 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
     corpus_dir = _require_dir(corpus_dir, "librispeech")
     if (corpus_dir / "LibriSpeech").is_dir():
         corpus_dir = corpus_dir / "LibriSpeech"
-    bad_ids = _check_librispeech_transcripts(corpus_dir, bad)
-    if bad_ids:
-        corpus_dir = _librispeech_without(corpus_dir, bad_ids, out_dir / "librispeech_clean")
+    replaced: dict[str, Path] = {}
+    mono_dir = out_dir / "downmix" / "librispeech" if cfg.downmix else None
+    bad_ids = _check_librispeech_transcripts(corpus_dir, bad, mono_dir, replaced)
+    if bad_ids or replaced:
+        corpus_dir = _librispeech_without(corpus_dir, bad_ids, out_dir / "librispeech_clean", replaced)
     try:
         m = lhotse_prepare(corpus_dir, dataset_parts=parts, normalize_text=cfg.normalize_text, num_jobs=cfg.num_jobs)
     except (ValueError, AssertionError) as e:
@@ -676,8 +804,11 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
 class TimitConfig:
     """Options of ``hfasr prepare timit``."""
 
-    num_phones: int = 48  # lhotse's phone-set folding: 60, 48 or 39
-    num_jobs: int = 1
+    num_phones: int = bounded(48, choices=(60, 48, 39))  # lhotse's phone-set folding
+    num_jobs: int = bounded(1, ge=1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def prepare_timit(corpus_dir: Path | None, cfg: TimitConfig, bad: BadItems, download_dir: Path | None = None) -> dict:
@@ -691,6 +822,7 @@ def prepare_timit(corpus_dir: Path | None, cfg: TimitConfig, bad: BadItems, down
     if not (corpus_dir / "data" / "TRAIN").is_dir():
         raise DataError(f"{corpus_dir}: not a TIMIT directory (expected {corpus_dir}/data/TRAIN and data/TEST)")
     bad_ids: set[str] = set()
+    rates = []
     for wav in sorted(corpus_dir.glob("data/*/*/*/*.WAV")):
         uid = f"{wav.parent.name}-{wav.stem}"
         txt = wav.with_suffix(".TXT")
@@ -703,10 +835,16 @@ def prepare_timit(corpus_dir: Path | None, cfg: TimitConfig, bad: BadItems, down
             for suf in (".WRD", ".PHN"):
                 if not wav.with_suffix(suf).is_file():
                     raise DataError(f"{wav.with_suffix(suf)}: missing for utterance '{uid}'")
-            check_audio_file(wav)
-            return uid
-        if bad.check(str(wav), _one) is None:
+            info = check_audio_file(wav)
+            if info.num_channels != 1:  # lhotse's recipe reads the files itself: no downmix here
+                raise DataError(f"{wav}: {info.num_channels} audio channels, but hfasr needs mono recordings")
+            return info
+        info = bad.check(str(wav), _one)
+        if info is None:
             bad_ids.add(uid)
+        else:
+            rates.append((uid, wav, info.sampling_rate))
+    bad_ids |= _rate_outliers("timit", rates, bad)
     m = lhotse_prepare(corpus_dir, num_phones=cfg.num_phones, num_jobs=cfg.num_jobs)
     names = {"TRAIN": "train", "DEV": "dev", "TEST": "test"}
     out = {names[p]: CutSet.from_manifests(**mm).filter(lambda c: c.supervisions[0].id not in bad_ids).to_eager()
@@ -746,43 +884,112 @@ def manifest_path(out_dir: Path, task: str, split: str, kind: str = "cuts") -> P
     return Path(out_dir) / f"{task}_{kind}_{split}.jsonl.gz"
 
 
+def load_cuts(path: str | Path, missing_hint: str = "run `hfasr prepare` first") -> CutSet:
+    """Read the CutSet manifest ``path`` (all of it, so that a bad line is found now).
+
+    A missing or empty file, or one that is truncated (gzip ``EOFError``), corrupt (bad JSON, not
+    gzip), not a cut manifest or without cuts, is a :class:`DataError` naming the file.
+    """
+    from lhotse import load_manifest
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found; {missing_hint}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: cannot read this manifest: it is truncated or corrupt (0 bytes); re-create it")
+    try:
+        cuts = load_manifest(path)
+    except Exception as e:  # EOFError, gzip.BadGzipFile, JSONDecodeError, lhotse's ValueError ...
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DataError(f"{path}: cannot read this manifest: it is truncated or corrupt "
+                        f"({type(e).__name__}{': ' + msg if msg else ''}); re-create it") from e
+    if not isinstance(cuts, CutSet):
+        raise DataError(f"{path}: expected a cut manifest, found a {type(cuts).__name__}")
+    if len(cuts) == 0:
+        raise DataError(f"{path}: the manifest holds no cuts (hfasr never writes an empty one); re-create it")
+    return cuts
+
+
+def write_cuts(cuts: CutSet, path: Path, name: Path | None = None) -> None:
+    """Write ``cuts`` to ``path`` atomically (temporary file, fsync, rename); a full disk or
+    another write error is a DataError naming ``name`` (default ``path``), the file meant."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            named = tmp.with_name(tmp.name + "".join(path.suffixes))  # lhotse picks the format by suffix
+            try:
+                cuts.to_file(named)
+                named.replace(tmp)
+            finally:
+                named.unlink(missing_ok=True)
+    except DataError as e:
+        raise DataError(str(e).replace(str(path), str(name or path))) from e
+
+
 def prepare_corpus(name: str, out_dir: str | Path, corpus_dir: str | Path | None = None,
                    config: str | Path | None = None, skip_bad: bool = False, download: bool = False,
-                   num_jobs: int = 1) -> dict[str, dict[str, CutSet]]:
+                   num_jobs: int = 1, downmix: bool = False) -> dict[str, dict[str, CutSet]]:
     """Prepare corpus ``name`` into ``out_dir``; return ``{task: {split: CutSet}}``.
 
     Writes ``<out>/<task>_cuts_<split>.jsonl.gz`` for each task and split, and
-    ``<out>/skipped.txt`` listing what ``skip_bad`` left out (and why).
+    ``<out>/skipped.txt`` listing what ``skip_bad`` left out (and why), all published together
+    only when every split is non-empty and written (a failure leaves the previous files).
+    ``downmix=True`` sets the corpus config's ``downmix`` (mono copies of multi-channel files).
     """
     if name not in CORPORA:
         raise HfasrError(f"unknown corpus '{name}' (known: {', '.join(CORPORA)})")
-    cfg = load_config(CORPORA[name](), config)
+    cls = CORPORA[name]()
+    if downmix and "downmix" not in getattr(cls, "__dataclass_fields__", {}):
+        raise ConfigError(f"--downmix: not supported for corpus '{name}' (convert multi-channel files to mono first)")
+    cfg = load_config(cls, config, {"downmix": True} if downmix else None)
     out_dir = Path(out_dir).resolve()  # manifests store absolute audio paths
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus_dir = Path(corpus_dir).resolve() if corpus_dir is not None else None
     download_dir = (out_dir / "download") if download else None
     bad = BadItems(skip_bad)
-    if name == "synth":
-        tasks = _prepare_synth(corpus_dir, cfg, bad, out_dir, num_jobs=num_jobs)
-    elif name == "yesno":
-        tasks = prepare_yesno(corpus_dir, cfg, bad, download_dir)
-    elif name == "fsdd":
-        tasks = prepare_fsdd(corpus_dir, cfg, bad, out_dir, download_dir)
-    elif name == "an4":
-        tasks = prepare_an4(corpus_dir, cfg, bad, out_dir, download_dir)
-    elif name in ("librispeech", "mini_librispeech"):
-        tasks = prepare_librispeech(corpus_dir, cfg, bad, out_dir, download_dir, mini=name == "mini_librispeech")
-    else:
-        tasks = prepare_timit(corpus_dir, cfg, bad, download_dir)
-    for task, splits in tasks.items():
-        for split, cuts in splits.items():
-            if len(cuts) == 0:
-                raise DataError(f"{name}: the {split} split of {task} is empty")
-            for c in cuts:
-                _check_text(c.supervisions[0].text if c.supervisions else None, c.id, f"{task} {split}")
-            cuts.to_file(manifest_path(out_dir, task, split))
-    bad.write_report(out_dir / "skipped.txt")
+    with staged_dir(out_dir) as stage:
+        if name == "synth":
+            tasks = _prepare_synth(corpus_dir, cfg, bad, stage, num_jobs=num_jobs)  # wavs staged too
+        elif name == "yesno":
+            tasks = prepare_yesno(corpus_dir, cfg, bad, download_dir, out_dir)
+        elif name == "fsdd":
+            tasks = prepare_fsdd(corpus_dir, cfg, bad, out_dir, download_dir, audio_dir=stage)
+        elif name == "an4":
+            tasks = prepare_an4(corpus_dir, cfg, bad, out_dir, download_dir, meta_dir=stage)
+        elif name in ("librispeech", "mini_librispeech"):
+            tasks = prepare_librispeech(corpus_dir, cfg, bad, out_dir, download_dir, mini=name == "mini_librispeech")
+        else:
+            tasks = prepare_timit(corpus_dir, cfg, bad, download_dir)
+        for task, splits in tasks.items():
+            for split, cuts in splits.items():
+                if len(cuts) == 0:
+                    why = f" ({len(bad.items)} bad item(s) skipped)" if bad.items else ""
+                    raise DataError(f"{name}: the {split} split of {task} is empty{why}; nothing was written")
+                for c in cuts:
+                    _check_text(c.supervisions[0].text if c.supervisions else None, c.id, f"{task} {split}")
+        tasks = {t: {s: _relocate_audio(c, stage, out_dir) for s, c in splits.items()} for t, splits in tasks.items()}
+        for task, splits in tasks.items():
+            for split, cuts in splits.items():
+                write_cuts(cuts, manifest_path(stage, task, split), manifest_path(out_dir, task, split))
+        bad.write_report(stage / "skipped.txt")
     return tasks
+
+
+def _relocate_audio(cuts: CutSet, stage: Path, final: Path) -> CutSet:
+    """``cuts`` with audio sources under ``stage`` (staged audio) moved to the same place under
+    ``final``, where :func:`~hfasr.fileio.staged_dir` publishes them."""
+    from lhotse.utils import fastcopy
+
+    prefix = str(stage) + "/"
+
+    def move(c):
+        rec = c.recording
+        if rec is None or not any(str(src.source).startswith(prefix) for src in rec.sources):
+            return c
+        sources = [fastcopy(src, source=str(final) + str(src.source)[len(str(stage)):])
+                   if str(src.source).startswith(prefix) else src for src in rec.sources]
+        return fastcopy(c, recording=fastcopy(rec, sources=sources))
+    return CutSet.from_cuts(move(c) for c in cuts)
 
 
 def summarize(cuts: CutSet) -> tuple[int, float, int]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from hfasr.config import bounded, check_ranges
 from hfasr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,10 @@ class FrameDataConfig:
     """How alignments are matched to features (the ``data:`` section of a training config)."""
 
     drop_unaligned: bool = False  # cuts without an alignment: error (false) or dropped with a warning (true)
-    length_tolerance: int = 0  # allowed |alignment frames − feature frames|; both are cut to the shorter
+    length_tolerance: int = bounded(0, ge=0)  # allowed |alignment frames − feature frames|; both are cut to the shorter
 
     def __post_init__(self) -> None:
-        if self.length_tolerance < 0:
-            raise ValueError(f"length_tolerance must be >= 0, got {self.length_tolerance}")
+        check_ranges(self)
 
 
 def alignment_path(ali_dir: str | Path, split: str) -> Path:
@@ -198,9 +198,13 @@ class FrameData:
     def load(cls, data_dir: str | Path, task: str, split: str, ali_dir: str | Path,
              cfg: FrameDataConfig | None = None, progress: bool = False) -> FrameData:
         """Features of ``<data_dir>/<task>_feats_<split>.jsonl.gz`` + targets of
-        ``<ali_dir>/ali_<split>.pt`` (see the module docstring for the checks)."""
-        from lhotse import load_manifest
+        ``<ali_dir>/ali_<split>.pt`` (see the module docstring for the checks; a truncated or
+        corrupt manifest, an unreadable archive or non-finite features are DataErrors naming the
+        file or cut)."""
         from tqdm import tqdm
+
+        from hfasr.data.corpora import load_cuts
+        from hfasr.data.features import cut_features
 
         cfg = cfg or FrameDataConfig()
         manifest = feats_manifest_path(data_dir, task, split)
@@ -209,7 +213,7 @@ class FrameData:
         ali_path = alignment_path(ali_dir, split)
         ali = load_alignment(ali_path)
         pos = {c: i for i, c in enumerate(ali["cut_ids"])}
-        cuts = load_manifest(manifest)
+        cuts = load_cuts(manifest, "run `hfasr features` first")
         excluded = _excluded(ali_path)
         ids, feats, targets, phones, missing = [], [], [], [], []
         have_phones = "phones" in ali
@@ -222,9 +226,7 @@ class FrameData:
                                     "set `data: {drop_unaligned: true}` to train without it")
                 missing.append(cut.id)
                 continue
-            if not cut.has_features:
-                raise DataError(f"cut '{cut.id}' of {manifest} has no features")
-            x = torch.from_numpy(cut.load_features()).float()
+            x = torch.from_numpy(cut_features(cut, manifest)).float()
             y = ali["pdfs"][i].long()
             if abs(x.shape[0] - y.shape[0]) > cfg.length_tolerance:
                 raise DataError(f"cut '{cut.id}': alignment has {y.shape[0]} frames but its features have "

@@ -68,6 +68,7 @@ from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, Supervis
 from lhotse.utils import fastcopy
 
 import hfasr
+from hfasr.config import bounded, check_ranges, limits, ordered, require
 from hfasr.errors import DataError
 
 SPLITS = ("train", "dev", "test")
@@ -90,70 +91,48 @@ def default_vocab_path() -> Path:
 class SynthConfig:
     """Options of the ``synth`` corpus (``hfasr prepare synth``); all ranges are inclusive."""
 
-    seed: int = 0  # every random choice derives from (seed, split, utterance index)
-    num_train: int = 2000  # utterances in the train split
-    num_dev: int = 200  # utterances in the dev split
-    num_test: int = 300  # utterances in the test split
-    sampling_rate: int = 16000  # sampling rate of the written wavs (Hz)
-    min_rate: int = 120  # speaking rate, words per minute (eSpeak 80-450), uniform per utterance
-    max_rate: int = 200
-    min_pitch: int = 25  # base pitch (eSpeak 0-99, 50 = the voice's normal), uniform per utterance
-    max_pitch: int = 75
-    min_pitch_range: int = 30  # pitch range (eSpeak 0-100: 0 monotone, 50 normal)
-    max_pitch_range: int = 80
-    max_word_gap: int = 2  # extra pause between words, uniform 0..this, units of 10 ms
-    min_snr_db: float = 10.0  # SNR of the additive noise, uniform per utterance (dB)
-    max_snr_db: float = 35.0
-    noise_types: list[str] = field(default_factory=lambda: list(NOISE_TYPES))  # drawn uniformly
-    min_silence: float = 0.1  # leading and trailing silence (noise only), each uniform (s)
-    max_silence: float = 0.4
-    peak_level: float = 0.7  # each utterance is scaled so its largest sample is this of full scale
-    languages: list[str] = field(default_factory=lambda: list(DEFAULT_LANGUAGES))  # eSpeak voices
+    seed: int = bounded(0, ge=0)  # every random choice derives from (seed, split, utterance index)
+    num_train: int = bounded(2000, ge=0)  # utterances in the train split
+    num_dev: int = bounded(200, ge=0)  # utterances in the dev split
+    num_test: int = bounded(300, ge=0)  # utterances in the test split
+    sampling_rate: int = bounded(16000, ge=1)  # sampling rate of the written wavs (Hz)
+    min_rate: int = bounded(120, ge=80, le=450)  # speaking rate, words per minute (eSpeak 80-450), uniform per utterance
+    max_rate: int = bounded(200, ge=80, le=450)
+    min_pitch: int = bounded(25, ge=0, le=99)  # base pitch (eSpeak 0-99, 50 = the voice's normal), uniform per utterance
+    max_pitch: int = bounded(75, ge=0, le=99)
+    min_pitch_range: int = bounded(30, ge=0, le=100)  # pitch range (eSpeak 0-100: 0 monotone, 50 normal)
+    max_pitch_range: int = bounded(80, ge=0, le=100)
+    max_word_gap: int = bounded(2, ge=0)  # extra pause between words, uniform 0..this, units of 10 ms
+    min_snr_db: float = bounded(10.0)  # SNR of the additive noise, uniform per utterance (dB)
+    max_snr_db: float = bounded(35.0)
+    noise_types: list[str] = field(  # drawn uniformly
+        default_factory=lambda: list(NOISE_TYPES), metadata=limits(nonempty=True, each=True, choices=NOISE_TYPES))
+    min_silence: float = bounded(0.1, ge=0, le=10)  # leading and trailing silence (noise only), each uniform (s)
+    max_silence: float = bounded(0.4, ge=0, le=10)
+    peak_level: float = bounded(0.7, gt=0, le=1)  # each utterance is scaled so its largest sample is this of full scale
+    languages: list[str] = field(  # eSpeak voices
+        default_factory=lambda: list(DEFAULT_LANGUAGES), metadata=limits(nonempty=True))
     train_variants: list[str] = field(  # voice variants (voices/!v) of the training speakers
         default_factory=lambda: [
             "m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "klatt", "klatt2", "klatt3", "croak",
             "Andy", "Annie", "linda", "max",
-        ]
+        ],
+        metadata=limits(nonempty=True),
     )
-    dev_variants: list[str] = field(default_factory=lambda: ["m6", "f4", "klatt4", "belinda"])
-    test_variants: list[str] = field(default_factory=lambda: ["m7", "m8", "f5", "klatt5", "steph"])
+    dev_variants: list[str] = field(default_factory=lambda: ["m6", "f4", "klatt4", "belinda"],
+                                    metadata=limits(nonempty=True))
+    test_variants: list[str] = field(default_factory=lambda: ["m7", "m8", "f5", "klatt5", "steph"],
+                                     metadata=limits(nonempty=True))
     vocab: Path | None = None  # vocabulary/grammar YAML; None = data/synth/vocab.yaml
 
     def __post_init__(self) -> None:
-        def check_range(name: str, low: float, high: float) -> None:
-            a, b = getattr(self, f"min_{name}"), getattr(self, f"max_{name}")
-            if not (low <= a <= b <= high):
-                raise ValueError(
-                    f"need {low} <= min_{name} <= max_{name} <= {high}, got {a} and {b}"
-                )
-
-        check_range("rate", 80, 450)
-        check_range("pitch", 0, 99)
-        check_range("pitch_range", 0, 100)
-        check_range("snr_db", -math.inf, math.inf)
-        check_range("silence", 0.0, 10.0)
-        for key in ("num_train", "num_dev", "num_test", "max_word_gap"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.sampling_rate <= 0:
-            raise ValueError(f"sampling_rate must be > 0, got {self.sampling_rate}")
-        if not 0.0 < self.peak_level <= 1.0:
-            raise ValueError(f"peak_level must be in (0, 1], got {self.peak_level}")
-        bad = [t for t in self.noise_types if t not in NOISE_TYPES]
-        if bad or not self.noise_types:
-            raise ValueError(f"noise_types must be a non-empty subset of {list(NOISE_TYPES)}, got {self.noise_types}")
-        if not self.languages:
-            raise ValueError("languages must not be empty")
-        for split in SPLITS:
-            if not getattr(self, f"{split}_variants"):
-                raise ValueError(f"{split}_variants must not be empty")
+        check_ranges(self)
+        for name in ("rate", "pitch", "pitch_range", "snr_db", "silence"):
+            ordered(self, f"min_{name}", f"max_{name}")
         for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
-            common = set(getattr(self, f"{a}_variants")) & set(getattr(self, f"{b}_variants"))
-            if common:
-                raise ValueError(
-                    f"{a}_variants and {b}_variants must be disjoint (speaker-independent "
-                    f"splits), both have {sorted(common)}"
-                )
+            common = sorted(set(getattr(self, f"{a}_variants")) & set(getattr(self, f"{b}_variants")))
+            require(self, not common, "{0} and {1} must be disjoint (speaker-independent splits), both have "
+                    + str(common).replace("{", "{{").replace("}", "}}"), f"{a}_variants", f"{b}_variants")
 
     def num_utterances(self, split: str) -> int:
         """Number of utterances of ``split`` (``train``, ``dev`` or ``test``)."""

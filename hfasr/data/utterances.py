@@ -78,24 +78,26 @@ class UtteranceSet:
 def read_cuts(data_dir: str | Path, task: str, split: str, progress: bool = False
               ) -> tuple[list[tuple[str, Tensor, str]], Path]:
     """``(cut_id, features (T, F), transcript)`` of every cut of the split's feature manifest
-    (``<data_dir>/<task>_feats_<split>.jsonl.gz``) and its path; DataError naming the cut and the
-    manifest for a cut without features or transcript."""
-    from lhotse import load_manifest
+    (``<data_dir>/<task>_feats_<split>.jsonl.gz``) and its path; DataError naming the manifest
+    when it is missing, truncated or corrupt, and naming the cut and the manifest for a cut
+    without features or transcript, or with unreadable, non-finite or absurd features."""
     from tqdm import tqdm
 
+    from hfasr.data.corpora import load_cuts
+    from hfasr.data.features import cut_features
     from hfasr.data.frames import feats_manifest_path
 
     manifest = feats_manifest_path(data_dir, task, split)
     if not manifest.is_file():
         raise DataError(f"feature manifest not found: {manifest}; run `hfasr features` first")
     out = []
-    for cut in tqdm(load_manifest(manifest), desc=f"load {task}/{split}", disable=not progress, leave=False):
+    for cut in tqdm(load_cuts(manifest), desc=f"load {task}/{split}", disable=not progress, leave=False):
         if not cut.has_features:
             raise DataError(f"cut '{cut.id}' of {manifest} has no features")
         text = " ".join(s.text or "" for s in cut.supervisions).strip()
         if not text:
             raise DataError(f"cut '{cut.id}' of {manifest} has no transcript")
-        out.append((cut.id, torch.from_numpy(cut.load_features()).float(), text))
+        out.append((cut.id, torch.from_numpy(cut_features(cut, manifest)).float(), text))
     if not out:
         raise DataError(f"{manifest}: no cuts")
     return out, manifest

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from hfasr._kaldi import kaldi_decoder, kaldifst
+from hfasr.config import bounded, check_ranges, ordered
 from hfasr.decode.score import ScoreResult, score
 from hfasr.errors import DataError
 
@@ -76,11 +77,15 @@ class DecodeResult:
 class DecoderConfig:
     """Search options (Kaldi's names and meanings; costs are in the acoustically scaled domain)."""
 
-    beam: float = 13.0  # main search beam
-    lattice_beam: float = 6.0  # lattice pruning beam (lattice decoding only)
-    max_active: int = 7000  # most active states per frame (best-path decoding only)
-    min_active: int = 20  # fewest active states per frame (best-path decoding only)
-    prune_interval: int = 25  # frames between lattice pruning passes (lattice decoding only)
+    beam: float = bounded(13.0, gt=0)  # main search beam
+    lattice_beam: float = bounded(6.0, gt=0)  # lattice pruning beam (lattice decoding only)
+    max_active: int = bounded(7000, ge=2)  # most active states per frame (best-path decoding only)
+    min_active: int = bounded(20, ge=0)  # fewest active states per frame (best-path decoding only)
+    prune_interval: int = bounded(25, ge=1)  # frames between lattice pruning passes (lattice decoding only)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        ordered(self, "min_active", "max_active", strict=True)  # as Kaldi's decoders assert
 
 
 def read_graph(path: str | Path) -> Fst:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hfasr import fileio
 from hfasr.decode.decoder import (
     DecoderConfig,
     Fst,
@@ -141,7 +142,9 @@ def decode_and_score(graph: str | Path | Fst, tid2pdf: torch.Tensor | np.ndarray
     ``wer.txt``, and ``wer.txt`` is printed to stdout. The note is
     ``acoustic scale A (given)[, <note_details>]`` or ``acoustic scale A (LMWT L, word penalty
     W, [<note_details>, ]best on <dev name>: %WER ...)``; with ``logger`` it is also logged at
-    INFO as ``<set_name>: <note>`` once ``hyp.txt`` is written.
+    INFO as ``<set_name>: <note>`` once ``hyp.txt`` is written. The outputs are written into a
+    staging dir and published together once all succeeded (:func:`hfasr.fileio.staged_dir`): a
+    failed decode or scoring leaves ``out_dir`` as it was.
 
     ``graph`` is a graph or its file; ``num_workers``, ``config`` and the progress bar
     ``desc`` (default ``decode <set_name>``) are those of
@@ -157,7 +160,6 @@ def decode_and_score(graph: str | Path | Fst, tid2pdf: torch.Tensor | np.ndarray
         best, points = sweep_acoustic_scale(graph, tid2pdf, dev.cut_ids, dev.loglikes, dev.refs,
                                             id2word, config=config, num_workers=num_workers,
                                             word_penalties=list(word_penalties), **kw)
-        (out / "sweep.txt").write_text(sweep_text(best, points))
         acwt, wip = best.acoustic_scale, best.word_penalty
         more = f"{note_details}, " if note_details else ""
         note = (f"acoustic scale {acwt:.6f} (LMWT {best.lm_weight:g}, word penalty {wip:g}, "
@@ -170,18 +172,24 @@ def decode_and_score(graph: str | Path | Fst, tid2pdf: torch.Tensor | np.ndarray
     res = decode_batch(graph, tid2pdf, loglikes, acwt, config=config, num_workers=num_workers,
                        names=cut_ids, desc=desc or f"decode {set_name}")
     hyps = results_to_text(cut_ids, res, id2word)
-    write_text(out / "hyp.txt", hyps)
+    pr = PipelineResult(hyps, acwt, wip, note, best, points)
+    if refs is not None:
+        pr.result = score(refs, hyps, mode=mode)
+        pr.ci = bootstrap_ci(pr.result)
+    # every output is published together once all succeeded: a failed decode (or scoring)
+    # leaves the previous outputs, never a new hyp.txt beside an old wer.txt
+    with fileio.staged_dir(out) as stage:
+        if best is not None:
+            fileio.write_text(stage / "sweep.txt", sweep_text(best, points), fsync=False)
+        write_text(stage / "hyp.txt", hyps)
+        if refs is not None:
+            write_text(stage / "ref.txt", refs)
+            write_results(stage, set_name, pr.result, pr.ci, comments=[note_prefix + note, *extra_comments])
     if logger is not None:
         logger.info("%s: %s", set_name, note)
-    pr = PipelineResult(hyps, acwt, wip, note, best, points)
     if refs is None:
         return pr
-    write_text(out / "ref.txt", refs)
-    pr.result = score(refs, hyps, mode=mode)
-    pr.ci = bootstrap_ci(pr.result)
-    pr.wer_path = write_results(out, set_name, pr.result, pr.ci)
-    with pr.wer_path.open("a", encoding="utf-8") as f:
-        f.write("".join(f"# {c}\n" for c in [note_prefix + note, *extra_comments]))
+    pr.wer_path = out / "wer.txt"
     print(pr.wer_path.read_text(), end="")
     return pr
 

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 
+from hfasr import fileio
 from hfasr._kaldi import kaldialign
 from hfasr.errors import DataError
 
@@ -61,10 +62,10 @@ def read_text(path: str | Path) -> dict[str, list[str]]:
 
 
 def write_text(path: str | Path, text: Text) -> None:
-    """Write ``utt-id word word ...`` lines, sorted by utterance id (Kaldi's convention)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write ``utt-id word word ...`` lines, sorted by utterance id (Kaldi's convention),
+    atomically (:func:`hfasr.fileio.write_text`)."""
     lines = [" ".join([u, *text[u]]) for u in sorted(text)]
-    Path(path).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    fileio.write_text(path, "".join(line + "\n" for line in lines))
 
 
 # -------------------------------------------------------------------------------------- scoring
@@ -301,14 +302,18 @@ def errs_text(result: ScoreResult, set_name: str, ci: ConfidenceInterval | None 
 
 
 def write_results(out_dir: str | Path, set_name: str, result: ScoreResult,
-                  ci: ConfidenceInterval | None = None, wer_name: str = "wer.txt") -> Path:
-    """Write ``<out_dir>/wer.txt`` (``%WER``, ``%SER``, ``Scored ...`` and the CI line) and
-    ``<out_dir>/errs-<set_name>.txt``; returns the path of the WER file."""
+                  ci: ConfidenceInterval | None = None, wer_name: str = "wer.txt",
+                  comments: Sequence[str] = ()) -> Path:
+    """Write ``<out_dir>/wer.txt`` (``%WER``, ``%SER``, ``Scored ...`` and the CI line, then a
+    ``# <c>`` line for each of ``comments``) and ``<out_dir>/errs-<set_name>.txt``, each
+    atomically (``errs`` first: a ``wer.txt`` is never older than its ``errs``); returns the path
+    of the WER file."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wer_path = out / wer_name
-    wer_path.write_text("\n".join(summary_lines(result, ci)) + "\n", encoding="utf-8")
-    (out / f"errs-{set_name}.txt").write_text(errs_text(result, set_name, ci), encoding="utf-8")
+    fileio.write_text(out / f"errs-{set_name}.txt", errs_text(result, set_name, ci))
+    lines = [*summary_lines(result, ci), *(f"# {c}" for c in comments)]
+    fileio.write_text(wer_path, "\n".join(lines) + "\n")
     return wer_path
 
 

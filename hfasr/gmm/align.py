@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from hfasr._kaldi import kaldifst, khg
+from hfasr.config import bounded, check_ranges
 from hfasr.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,15 @@ def component_loglikes(x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor
 class AlignOptions:
     """Viterbi alignment options (``gmm-align-compiled``)."""
 
-    beam: float = 10.0
-    retry_beam: float = 40.0
-    acoustic_scale: float = 0.1
-    transition_scale: float = 1.0
-    self_loop_scale: float = 0.1
-    last_resort_beam: float = 0.0  # > 0: one more careful try with this beam before giving up
+    beam: float = bounded(10.0, gt=0)
+    retry_beam: float = bounded(40.0, ge=0)  # 0: no retry
+    acoustic_scale: float = bounded(0.1, gt=0)
+    transition_scale: float = bounded(1.0, ge=0)
+    self_loop_scale: float = bounded(0.1, ge=0)
+    last_resort_beam: float = bounded(0.0, ge=0)  # > 0: one more careful try with this beam before giving up
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def compile_graphs(model, lang, texts: list[str], cut_ids: list[str]) -> list[kaldifst.StdVectorFst]:

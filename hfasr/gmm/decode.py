@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hfasr._kaldi import kaldifst, khg
+from hfasr._kaldi import khg, read_fst
 from hfasr.errors import DataError
 from hfasr.gmm.feats import load_stats_np, transform
 from hfasr.gmm.model import GmmModel
@@ -41,7 +41,7 @@ def decode_gmm(gmmdir: str | Path, cuts: Iterable, acoustic_scale: float = 0.1, 
     hclg_path = gmmdir / "graph" / "HCLG.fst"
     if not hclg_path.is_file():
         raise DataError(f"{hclg_path}: decoding graph not found; rerun `hfasr gmm`")
-    hclg = kaldifst.StdVectorFst.read(str(hclg_path))
+    hclg = read_fst(hclg_path, "the decoding graph HCLG.fst written by `hfasr gmm`")
     id2word = {i: w for w, i in read_symbols(gmmdir / "graph" / "words.txt").items()}
     decoder = khg.LatticeFasterDecoder(hclg, khg.LatticeFasterDecoderConfig(
         max_active=max_active, beam=beam, lattice_beam=lattice_beam))

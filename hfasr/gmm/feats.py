@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hfasr.config import bounded, check_ranges
 from hfasr.errors import DataError
 
 
@@ -61,10 +62,14 @@ def dct_matrix(num_ceps: int, num_bins: int, lifter: float = 22.0) -> np.ndarray
 class FeatureOptions:
     """How raw fbank becomes GMM input (stored in the GMM dir's config)."""
 
-    cmvn: str = "global+utt"  # "global" (train mean/std), "global+utt" (then per-utterance mean removal), "none"
-    num_ceps: int = 13  # > 0: DCT of the log-mel fbank to this many cepstra (MFCC); 0: fbank as is
-    delta_order: int = 2  # 0: static only; 2: + deltas + delta-deltas (Kaldi's add-deltas)
-    delta_window: int = 2
+    # "global" (train mean/std), "global+utt" (then per-utterance mean removal), "none"
+    cmvn: str = bounded("global+utt", choices=("global", "global+utt", "none"))
+    num_ceps: int = bounded(13, ge=0)  # > 0: DCT of the log-mel fbank to this many cepstra (MFCC); 0: fbank as is
+    delta_order: int = bounded(2, ge=0)  # 0: static only; 2: + deltas + delta-deltas (Kaldi's add-deltas)
+    delta_window: int = bounded(2, ge=1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def transform(x: np.ndarray, opts: FeatureOptions, mean: np.ndarray | None, std: np.ndarray | None) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 
 from hfasr._kaldi import khg
 from hfasr.errors import DataError
+from hfasr.fileio import atomic_path, write_text
 
 
 def _vec(v) -> str:
@@ -118,23 +119,34 @@ class GmmModel:
         return "".join(parts)
 
     def write(self, mdl: str | Path, tree: str | Path | None = None) -> None:
-        """Write ``mdl`` (TransitionModel + AmDiagGmm, Kaldi text) and optionally ``tree``."""
-        mdl = Path(mdl)
-        tmp = mdl.with_name(mdl.name + ".tmp")
-        tmp.write_text(self.transition_model_text() + self.am_text())
-        tmp.replace(mdl)
+        """Write ``mdl`` (TransitionModel + AmDiagGmm, Kaldi text) and optionally ``tree``, each
+        atomically (a temporary file renamed over the target)."""
+        write_text(mdl, self.transition_model_text() + self.am_text())
         if tree is not None:
-            self.tree.write(binary=False, filename=str(tree))
+            with atomic_path(tree) as tmp:
+                self.tree.write(binary=False, filename=str(tmp))
 
     # --------------------------------------------------------------------------------- reading
 
     @classmethod
     def read(cls, mdl: str | Path, tree: str | Path | None = None) -> GmmModel:
-        """Read a model written by :meth:`write` (monophone trees only)."""
+        """Read a model written by :meth:`write` (monophone trees only); a missing, truncated or
+        corrupt ``mdl`` or ``tree`` is a DataError naming the file."""
         mdl = Path(mdl)
         if not mdl.is_file():
             raise DataError(f"model file not found: {mdl}")
-        text = mdl.read_text()
+        try:
+            return cls._read(mdl, tree)
+        except (ValueError, IndexError, RuntimeError, KeyError) as e:  # truncated or corrupt text
+            raise DataError(f"{mdl}: cannot read the GMM model (truncated or corrupt; rerun `hfasr gmm`): "
+                            f"{type(e).__name__}: {str(e)[:200]}") from e
+
+    @classmethod
+    def _read(cls, mdl: Path, tree: str | Path | None) -> GmmModel:
+        try:
+            text = mdl.read_text()
+        except UnicodeDecodeError as e:
+            raise DataError(f"{mdl}: not a text TransitionModel + AmDiagGmm model written by hfasr") from e
         m = re.search(r"<Topology>.*?</Topology>", text, re.DOTALL)
         lp = re.search(r"<LogProbs>\s*\[([^\]]*)\]", text)
         am_start = text.find("<DIMENSION>")
@@ -148,9 +160,9 @@ class GmmModel:
             tree = Path(tree)
             if not tree.is_file():
                 raise DataError(f"tree file not found: {tree}")
-            if tree.read_text() != tree_text(ctx):
-                raise DataError(f"{tree}: not the monophone tree of {mdl}'s topology "
-                                "(kaldi-hmm-gmm cannot read context-dependent trees)")
+            if _read_text(tree) != tree_text(ctx):
+                raise DataError(f"{tree}: not the monophone tree of {mdl}'s topology (a truncated or "
+                                "corrupt file, or a context-dependent tree, which kaldi-hmm-gmm cannot read)")
         tm = khg.TransitionModel(ctx_dep=ctx, hmm_topo=topo)
         mine = re.search(r"<(Triples|Tuples)>.*?</\1>", str(tm), re.DOTALL)
         theirs = re.search(r"<(Triples|Tuples)>.*?</\1>", text, re.DOTALL)
@@ -161,6 +173,14 @@ class GmmModel:
         if am.num_pdfs != tm.num_pdfs:
             raise DataError(f"{mdl}: {am.num_pdfs} GMMs for {tm.num_pdfs} pdfs")
         return cls(topo_text, ctx, tm, am)
+
+
+def _read_text(path: Path) -> str | None:
+    """The text of ``path``, or None when it is not UTF-8 text (a corrupt file)."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        return None
 
 
 def split_targets(occs: np.ndarray, target: int, power: float, min_count: float) -> list[int]:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hfasr._kaldi import kaldifst, khg
-from hfasr.config import save_config
+from hfasr._kaldi import kaldifst, khg, write_fst
+from hfasr.config import bounded, check_ranges, limits, save_config
 from hfasr.errors import DataError
+from hfasr.fileio import append_line, load_torch, save_torch, staged_dir, write_bytes, write_text
 from hfasr.gmm.align import AlignOptions, align_bank, compile_graphs, component_loglikes, gmm_params
 from hfasr.gmm.feats import FeatureBank, FeatureOptions, load_feats, load_stats_np
 from hfasr.gmm.model import GmmModel, split_by_count
@@ -48,32 +49,37 @@ _REALIGN = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29, 32, 3
 class GmmConfig:
     """Options of ``hfasr gmm`` (defaults: Kaldi's ``steps/train_mono.sh`` and ``gmm-est``)."""
 
-    num_iters: int = 40  # EM passes
-    max_iter_inc: int = 30  # the Gaussian target grows linearly until this pass
-    total_gauss: int = 1000  # target number of Gaussians (all pdfs together)
-    realign_iters: list[int] = field(default_factory=lambda: list(_REALIGN))  # passes that re-align first
-    power: float = 0.25  # Gaussians per pdf proportional to occupancy ** power
-    perturb_factor: float = 0.01  # mean perturbation (in standard deviations) when splitting
-    min_count: float = 20.0  # minimum occupancy per Gaussian when splitting
-    min_gaussian_occupancy: float = 10.0  # Gaussians with less occupancy are removed (3 on the first pass)
-    min_gaussian_weight: float = 1e-5
-    min_variance: float = 0.001  # variance floor (features are mean/variance normalised)
-    first_beam: float = 6.0  # alignment beam on the first re-alignment
-    beam: float = 10.0  # alignment beam afterwards and for the final alignments
-    retry_beam: float = 40.0  # beam of the retry when an alignment fails
-    last_resort_beam: float = 200.0  # final alignments: one more careful try before excluding a cut
-    acoustic_scale: float = 0.1
-    transition_scale: float = 1.0
-    self_loop_scale: float = 0.1
-    cmvn: str = "global+utt"  # global (data dir stats), global+utt (then per-utterance mean removal), none
-    num_ceps: int = 13  # > 0: DCT of the fbank to this many cepstra (MFCC-like; diagonal GMMs); 0: fbank
-    delta_order: int = 2  # 0: static features; 2: + deltas and delta-deltas
-    delta_window: int = 2
+    num_iters: int = bounded(40, ge=1)  # EM passes
+    max_iter_inc: int = bounded(30, ge=0)  # the Gaussian target grows linearly until this pass
+    total_gauss: int = bounded(1000, ge=1)  # target number of Gaussians (all pdfs together)
+    realign_iters: list[int] = field(  # passes that re-align first
+        default_factory=lambda: list(_REALIGN), metadata=limits(ge=1, each=True))
+    power: float = bounded(0.25, ge=0)  # Gaussians per pdf proportional to occupancy ** power
+    perturb_factor: float = bounded(0.01, ge=0)  # mean perturbation (in standard deviations) when splitting
+    min_count: float = bounded(20.0, ge=0)  # minimum occupancy per Gaussian when splitting
+    min_gaussian_occupancy: float = bounded(10.0, ge=0)  # Gaussians with less occupancy are removed (3 on the first pass)
+    min_gaussian_weight: float = bounded(1e-5, ge=0, lt=1)
+    min_variance: float = bounded(0.001, gt=0)  # variance floor (features are mean/variance normalised)
+    first_beam: float = bounded(6.0, gt=0)  # alignment beam on the first re-alignment
+    beam: float = bounded(10.0, gt=0)  # alignment beam afterwards and for the final alignments
+    retry_beam: float = bounded(40.0, ge=0)  # beam of the retry when an alignment fails (0: no retry)
+    last_resort_beam: float = bounded(200.0, ge=0)  # final alignments: one more careful try before excluding a cut (0: none)
+    acoustic_scale: float = bounded(0.1, gt=0)
+    transition_scale: float = bounded(1.0, ge=0)
+    self_loop_scale: float = bounded(0.1, ge=0)
+    # global (data dir stats), global+utt (then per-utterance mean removal), none
+    cmvn: str = bounded("global+utt", choices=("global", "global+utt", "none"))
+    num_ceps: int = bounded(13, ge=0)  # > 0: DCT of the fbank to this many cepstra (MFCC-like; diagonal GMMs); 0: fbank
+    delta_order: int = bounded(2, ge=0)  # 0: static features; 2: + deltas and delta-deltas
+    delta_window: int = bounded(2, ge=1)
     use_speed_perturbed: bool = True  # train on the _sp0.9 / _sp1.1 copies too when present
     align_splits: list[str] = field(default_factory=lambda: ["train", "dev"])  # written as ali_<split>.pt
-    graph_lm: str = "G"  # G or G_weak: the LM compiled into graph/HCLG.fst
-    num_jobs: int = 2  # alignment processes
-    seed: int = 0  # seed of the equal alignment and of the Gaussian splitting
+    graph_lm: str = bounded("G", choices=("G", "G_weak"))  # the LM compiled into graph/HCLG.fst
+    num_jobs: int = bounded(2, ge=1)  # alignment processes
+    seed: int = bounded(0, ge=0)  # seed of the equal alignment and of the Gaussian splitting
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     @property
     def feature_options(self) -> FeatureOptions:
@@ -184,14 +190,12 @@ def equal_align(graphs, bank: FeatureBank, seed: int) -> list[list[int] | None]:
 
 def _load_split(data_dir: Path, task: str, split: str, cfg: GmmConfig, mean, std, progress: bool,
                 train: bool = False) -> FeatureBank:
-    from lhotse import load_manifest
-
-    from hfasr.data.corpora import manifest_path
+    from hfasr.data.corpora import load_cuts, manifest_path
 
     path = manifest_path(data_dir, task, split, "feats")
     if not path.is_file():
         raise DataError(f"{path}: feature manifest not found; run `hfasr features` first")
-    cuts = load_manifest(path)
+    cuts = load_cuts(path)
     if train and not cfg.use_speed_perturbed:
         cuts = cuts.filter(lambda c: "_sp" not in c.id).to_eager()
     return load_feats(cuts, cfg.feature_options, mean, std, desc=f"load {split}", progress=progress)
@@ -202,12 +206,11 @@ class _Log:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.write_text("")
+        write_text(path, "")
 
     def __call__(self, msg: str) -> None:
         log.info(msg)
-        with open(self.path, "a") as f:
-            f.write(msg + "\n")
+        append_line(self.path, msg)
 
 
 def train_gmm(data_dir: str | Path, task: str, lang_dir: str | Path, out: str | Path, cfg: GmmConfig | None = None,
@@ -223,13 +226,43 @@ def train_gmm(data_dir: str | Path, task: str, lang_dir: str | Path, out: str | 
         torch.set_num_threads(threads)
 
 
+# What a GMM dir holds besides the fixed files: a new model makes all earlier ones stale.
+STALE_PATTERNS = ("ali_*.pt", "ali_*_excluded.txt", "decode_*")
+
+
+def remove_stale(final: Path, produced: set[str], patterns: tuple[str, ...] = STALE_PATTERNS) -> None:
+    """Remove the entries of ``final`` matching ``patterns`` that the stage just published did not
+    produce (``produced``: names): results of an earlier model must not sit beside the new one."""
+    for pat in patterns:
+        for p in final.glob(pat):
+            if p.name not in produced:
+                log.info("removing %s (written by an earlier run; stale now)", p)
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink(missing_ok=True)
+
+
 def _train_gmm(data_dir: str | Path, task: str, lang_dir: str | Path, out: str | Path, cfg: GmmConfig,
                progress: bool) -> GmmModel:
+    """Validate, then train into a staging dir published to ``out`` when every file is written
+    (a failed run leaves ``out`` as it was); earlier alignments of ``out`` are removed."""
     if cfg.graph_lm not in ("G", "G_weak"):
         raise DataError(f"graph_lm must be G or G_weak, got '{cfg.graph_lm}'")
     data_dir, out = Path(data_dir), Path(out)
     lang = Lang(lang_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # an unreadable L or G fails now, not after the whole training run
+    lang.L_disambig()
+    lang.G(weak=cfg.graph_lm == "G_weak")
+    with staged_dir(out) as stage:
+        model = _train_into(data_dir, task, lang, stage, cfg, progress)
+        produced = {p.name for p in stage.iterdir()}
+    remove_stale(out, produced)
+    return model
+
+
+def _train_into(data_dir: Path, task: str, lang: Lang, out: Path, cfg: GmmConfig, progress: bool) -> GmmModel:
+    """Train and write every file of the GMM dir into ``out`` (a staging dir)."""
     save_config(cfg, out / "config.yaml")
     say = _Log(out / "log.txt")
     t0 = time.time()
@@ -298,8 +331,8 @@ def write_graph(model: GmmModel, lang: Lang, graph_dir: Path, weak: bool = False
     """``graph/HCLG.fst`` (self-loop scale 0.1) and ``graph/words.txt``."""
     graph_dir.mkdir(parents=True, exist_ok=True)
     hclg = make_hclg(lang, model.tree, model.tm, lang.G(weak=weak), self_loop_scale=0.1)
-    hclg.write(str(graph_dir / "HCLG.fst"))
-    shutil.copyfile(lang.dir / "words.txt", graph_dir / "words.txt")
+    write_fst(hclg, graph_dir / "HCLG.fst")
+    write_bytes(graph_dir / "words.txt", (lang.dir / "words.txt").read_bytes())
     return hclg
 
 
@@ -321,19 +354,21 @@ def write_alignments(out: Path, split: str, bank: FeatureBank, alis: list[list[i
         pdfs.append(torch.from_numpy(tid2pdf[t].astype(np.int32)))
         phones.append(torch.from_numpy(tid2phone[t].astype(np.int32)))
     obj = {"cut_ids": ids, "tids": tids, "pdfs": pdfs, "phones": phones, "num_pdfs": int(model.num_pdfs)}
-    tmp = out / f"ali_{split}.pt.tmp"
-    torch.save(obj, tmp)
-    tmp.replace(out / f"ali_{split}.pt")
-    (out / f"ali_{split}_excluded.txt").write_text("".join(f"{c}\talignment failed\n" for c in excluded))
+    save_torch(obj, out / f"ali_{split}.pt")
+    write_text(out / f"ali_{split}_excluded.txt", "".join(f"{c}\talignment failed\n" for c in excluded))
     return len(ids)
 
 
+ALI_KEYS = ("cut_ids", "tids", "pdfs", "phones", "num_pdfs")
+
+
 def load_alignments(path: str | Path) -> dict:
-    """Read ``ali_<split>.pt`` (``torch.load(weights_only=True)``)."""
+    """Read ``ali_<split>.pt`` (``torch.load(weights_only=True)``); a missing, truncated or
+    tampered file, or one without the alignment keys, is a DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"alignment file not found: {path}; run `hfasr gmm` first")
-    return torch.load(path, weights_only=True)
+    return load_torch(path, "an alignment file written by `hfasr gmm` or `hfasr align`", ALI_KEYS)
 
 
 __all__ = ["GmmConfig", "accumulate", "equal_align", "load_alignments", "train_gmm", "update",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfasr.errors import DataError
+from hfasr.fileio import write_text
 
 BOS, EOS = "<s>", "</s>"
 _LOG10_ZERO = -99.0
@@ -73,7 +74,7 @@ class NgramLM:
                     s += f"\t{self.backoffs[ng]:.7f}"
                 lines.append(s)
         lines += ["", "\\end\\", ""]
-        Path(path).write_text("\n".join(lines), encoding="utf-8")
+        write_text(path, "\n".join(lines))
 
 
 def train_witten_bell(sentences: Iterable[list[str]], vocab: Iterable[str], order: int = 3) -> NgramLM:

@@ -29,8 +29,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hfasr._kaldi import kaldifst
+from hfasr._kaldi import kaldifst, read_fst, write_fst
 from hfasr.errors import DataError
+from hfasr.fileio import staged_dir, write_text
 from hfasr.lang.graphs import read_symbols, write_symbols
 from hfasr.lang.lexicon import add_lex_disambig
 
@@ -166,7 +167,8 @@ def build_ctc_graph(lang_dir: str | Path, tokens: Sequence[str], unit: str, out_
                     word_boundary: str | None = None,
                     prons: Mapping[str, Sequence[Sequence[str]]] | None = None) -> Path:
     """Write ``out_dir/{TLG.fst, tokens.txt, words.txt, disambig.int}`` for the lang dir's ``words.txt`` and
-    ``G.fst``; returns the path of ``TLG.fst``.
+    ``G.fst``; returns the path of ``TLG.fst``. The four files are published together (a failure
+    leaves ``out_dir`` as it was); an unreadable ``G.fst`` is a DataError naming it.
 
     ``tokens``: token strings by id (blank first). ``prons``: word → pronunciations (phone
     units; default: the lang dir's ``lexicon.txt``). Words that the tokens cannot spell are
@@ -192,13 +194,13 @@ def build_ctc_graph(lang_dir: str | Path, tokens: Sequence[str], unit: str, out_
                     len(dropped), lang_dir / "words.txt", ", ".join(dropped[:5]))
     L, dis = token_lexicon_fst(entries, token2id, word2id, word_boundary)
     T = ctc_topo(len(tokens), dis)
-    G = kaldifst.StdVectorFst.read(str(g_path))
+    G = read_fst(g_path, "the grammar FST G.fst of a lang dir written by `hfasr lang`")
     TLG = make_tlg(T, L, G)
-    out.mkdir(parents=True, exist_ok=True)
-    TLG.write(str(out / "TLG.fst"))
-    write_symbols(out / "tokens.txt", token2id)
-    (out / "disambig.int").write_text("".join(f"{d}\n" for d in dis))
-    write_symbols(out / "words.txt", word2id)
+    with staged_dir(out) as stage:  # the four files are published together
+        write_fst(TLG, stage / "TLG.fst")
+        write_symbols(stage / "tokens.txt", token2id)
+        write_text(stage / "disambig.int", "".join(f"{d}\n" for d in dis))
+        write_symbols(stage / "words.txt", word2id)
     log.info("TLG %s: %d states; %d words, %d tokens", out / "TLG.fst", TLG.num_states, len({w for w, _ in entries}),
              len(tokens))
     return out / "TLG.fst"

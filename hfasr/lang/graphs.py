@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from hfasr._kaldi import kaldifst, kaldilm, khg
 from hfasr.errors import DataError
+from hfasr.fileio import write_text
 
 if TYPE_CHECKING:
     from hfasr.lang.prepare import Lang
@@ -30,8 +31,7 @@ log = logging.getLogger(__name__)
 
 def write_symbols(path: str | Path, table: dict[str, int]) -> None:
     """Write a Kaldi symbol table (``symbol id`` per line, by id)."""
-    Path(path).write_text("".join(f"{s} {i}\n" for s, i in sorted(table.items(), key=lambda x: x[1])),
-                          encoding="utf-8")
+    write_text(path, "".join(f"{s} {i}\n" for s, i in sorted(table.items(), key=lambda x: x[1])))
 
 
 def read_symbols(path: str | Path) -> dict[str, int]:

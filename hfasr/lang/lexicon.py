@@ -23,6 +23,7 @@ from pathlib import Path
 
 import hfasr
 from hfasr.errors import DataError
+from hfasr.fileio import write_text
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Lexicon:
         return lex
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text("".join(f"{w} {' '.join(p)}\n" for w, p in self.entries()), encoding="utf-8")
+        write_text(path, "".join(f"{w} {' '.join(p)}\n" for w, p in self.entries()))
 
 
 def builtin_lexicon_path(task: str) -> Path | None:

@@ -15,8 +15,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from hfasr.config import save_config
+from hfasr._kaldi import write_fst
+from hfasr.config import bounded, check_ranges, limits, save_config
 from hfasr.errors import DataError
+from hfasr.fileio import staged_dir, write_text
 from hfasr.lang.arpa import NgramLM, perplexity, train_witten_bell
 from hfasr.lang.graphs import (
     arpa_to_fst,
@@ -35,23 +37,25 @@ log = logging.getLogger(__name__)
 class LangConfig:
     """Options of ``hfasr lang``."""
 
-    lm_order: int = 3  # n-gram order of G (interpolated Witten-Bell, trained on lm_splits)
-    weak_lm_order: int = 1  # order of G_weak (the weak LM for lattice generation)
-    lm_splits: list[str] = field(default_factory=lambda: ["train"])  # transcripts the LMs are trained on
+    lm_order: int = bounded(3, ge=1)  # n-gram order of G (interpolated Witten-Bell, trained on lm_splits)
+    weak_lm_order: int = bounded(1, ge=1)  # order of G_weak (the weak LM for lattice generation)
+    lm_splits: list[str] = field(  # transcripts the LMs are trained on
+        default_factory=lambda: ["train"], metadata=limits(nonempty=True))
     check_splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])  # must be covered by the lexicon
     vocab: Literal["lexicon", "transcripts"] = "lexicon"  # words.txt: every lexicon word, or only those in check_splits
-    sil_prob: float = 0.5  # probability of optional silence between words in L
-    sil_phone: str = "SIL"  # the silence phone (added to the phone set if the lexicon lacks it)
-    num_nonsil_states: int = 3  # emitting HMM states of a non-silence phone (left to right)
-    num_sil_states: int = 5  # emitting HMM states of the silence phone (Kaldi's silence topology)
+    sil_prob: float = bounded(0.5, gt=0, lt=1)  # probability of optional silence between words in L
+    sil_phone: str = bounded("SIL", nonempty=True)  # the silence phone (added to the phone set if the lexicon lacks it)
+    num_nonsil_states: int = bounded(3, ge=1)  # emitting HMM states of a non-silence phone (left to right)
+    num_sil_states: int = bounded(5, ge=1)  # emitting HMM states of the silence phone (Kaldi's silence topology)
     strip_stress: bool = True  # strip ARPAbet stress digits (AH0 -> AH) from a user lexicon's phones
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def read_transcripts(data_dir: Path, task: str, split: str) -> tuple[list[tuple[str, str]], Path]:
     """``(cut_id, text)`` of ``<task>_cuts_<split>`` (or ``_feats_``) and the manifest's path."""
-    from lhotse import load_manifest_lazy
-
-    from hfasr.data.corpora import manifest_path
+    from hfasr.data.corpora import load_cuts, manifest_path
 
     path = manifest_path(data_dir, task, split)
     if not path.is_file():
@@ -60,7 +64,7 @@ def read_transcripts(data_dir: Path, task: str, split: str) -> tuple[list[tuple[
             raise DataError(f"{path}: manifest not found; run `hfasr prepare` first")
         path = alt
     out = []
-    for cut in load_manifest_lazy(path):
+    for cut in load_cuts(path):
         if not cut.supervisions or not (cut.supervisions[0].text or "").strip():
             raise DataError(f"cut '{cut.id}' in {path} has no transcript")
         out.append((cut.id, " ".join(s.text for s in cut.supervisions)))
@@ -156,7 +160,7 @@ def write_lm_stats(path: Path, stats: list[LmStats], cfg: LangConfig, lm_text: l
     n_types = len({w for s in lm_text for w in s})
     head = (f"# G (lm.arpa): {cfg.lm_order}-gram interpolated Witten-Bell on {'+'.join(cfg.lm_splits)}: "
             f"{len(lm_text)} sentences, {n_words} words, {n_types} distinct words\n")
-    path.write_text(head + "".join(st.line(cfg.lm_order) + "\n" for st in stats), encoding="utf-8")
+    write_text(path, head + "".join(st.line(cfg.lm_order) + "\n" for st in stats))
 
 
 def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: LangConfig | None = None,
@@ -164,9 +168,27 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
     """Write the lang dir ``out`` for lexicon ``lex`` with LMs trained on ``lm_text`` (word lists).
 
     With ``eval_text`` (split -> word lists), also ``lm_stats.txt``: OOV rate and perplexity of G
-    on each of those splits (:class:`LmStats`)."""
+    on each of those splits (:class:`LmStats`). The files are written to a staging directory and
+    published together when all are written (:func:`hfasr.fileio.staged_dir`): a failure leaves
+    ``out`` as it was."""
     cfg = cfg or LangConfig()
     out = Path(out)
+    with staged_dir(out) as stage:
+        stats, n_dis = _write_lang(lex, lm_text, stage, cfg, eval_text)
+    if not eval_text:  # an older run's stats would describe another LM
+        (out / "lm_stats.txt").unlink(missing_ok=True)
+    for st in stats:
+        log.info("%s", st.line(cfg.lm_order))
+    log.info("lang dir %s: %d words, %d phones (+%d disambig), %d-gram LM on %d sentences",
+             out, len(lex), len([p for p in lex.phones if p != cfg.sil_phone]) + 1, n_dis, cfg.lm_order,
+             len(lm_text))
+    return Lang(out)
+
+
+def _write_lang(lex: Lexicon, lm_text: list[list[str]], out: Path, cfg: LangConfig,
+                eval_text: dict[str, list[list[str]]] | None) -> tuple[list[LmStats], int]:
+    """Write every file of the lang dir into ``out`` (a staging dir); returns the LM statistics
+    of ``eval_text`` and the number of disambiguation phones."""
     # phones: <eps>, SIL, non-silence phones, #0..#k (k: lexicon disambig + one for silence)
     entries = lex.entries()
     dis_entries, max_dis = add_lex_disambig(entries)
@@ -182,33 +204,27 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
     write_symbols(out / "words.txt", word2id)
     lex.write(out / "lexicon.txt")
     disambig = [phone2id[f"#{i}"] for i in range(ndis + 1)]
-    (out / "disambig.int").write_text("".join(f"{d}\n" for d in disambig))
-    (out / "topo").write_text(make_topo([phone2id[p] for p in nonsil], [phone2id[cfg.sil_phone]],
-                                        cfg.num_nonsil_states, cfg.num_sil_states))
+    write_text(out / "disambig.int", "".join(f"{d}\n" for d in disambig))
+    write_text(out / "topo", make_topo([phone2id[p] for p in nonsil], [phone2id[cfg.sil_phone]],
+                                       cfg.num_nonsil_states, cfg.num_sil_states))
 
     L = make_lexicon_fst(entries, phone2id, word2id, cfg.sil_prob, cfg.sil_phone)
-    L.write(str(out / "L.fst"))
+    write_fst(L, out / "L.fst")
     Ld = make_lexicon_fst(dis_entries, phone2id, word2id, cfg.sil_prob, cfg.sil_phone,
                           sil_disambig=f"#{ndis}", word_disambig="#0")
-    Ld.write(str(out / "L_disambig.fst"))
+    write_fst(Ld, out / "L_disambig.fst")
 
     for name, order in (("lm", cfg.lm_order), ("lm_weak", cfg.weak_lm_order)):
         lm = train_witten_bell(lm_text, lex.words, order)
         lm.write_arpa(out / f"{name}.arpa")
         g = arpa_to_fst(out / f"{name}.arpa", out / "words.txt")
-        g.write(str(out / ("G.fst" if name == "lm" else "G_weak.fst")))
+        write_fst(g, out / ("G.fst" if name == "lm" else "G_weak.fst"))
         if name == "lm":
             stats = lm_stats(lm, lm_text, eval_text or {})
-    stats_path = out / "lm_stats.txt"
-    stats_path.unlink(missing_ok=True)  # an older run's stats would describe another LM
     if eval_text:
-        write_lm_stats(stats_path, stats, cfg, lm_text)
-        for st in stats:
-            log.info("%s", st.line(cfg.lm_order))
+        write_lm_stats(out / "lm_stats.txt", stats, cfg, lm_text)
     save_config(cfg, out / "config.yaml")
-    log.info("lang dir %s: %d words, %d phones (+%d disambig), %d-gram LM on %d sentences",
-             out, len(lex), len(nonsil) + 1, len(disambig), cfg.lm_order, len(lm_text))
-    return Lang(out)
+    return stats, len(disambig)
 
 
 class Lang:
@@ -239,8 +255,12 @@ class Lang:
 
     @cached_property
     def disambig(self) -> list[int]:
-        """Phone ids of ``#0..#k``."""
-        return [int(x) for x in (self.dir / "disambig.int").read_text().split()]
+        """Phone ids of ``#0..#k``; DataError naming ``disambig.int`` if it is not a list of integers."""
+        path = self.dir / "disambig.int"
+        try:
+            return [int(x) for x in path.read_text().split()]
+        except ValueError as e:
+            raise DataError(f"{path}: expected phone ids (integers), one per line; rerun `hfasr lang`") from e
 
     @cached_property
     def sil_phone(self) -> int:
@@ -266,12 +286,9 @@ class Lang:
         return read_topo(self.topo_text)
 
     def _fst(self, name: str):
-        from hfasr._kaldi import kaldifst
+        from hfasr._kaldi import read_fst
 
-        fst = kaldifst.StdVectorFst.read(str(self.dir / name))
-        if fst is None:
-            raise DataError(f"{self.dir / name}: cannot read the FST")
-        return fst
+        return read_fst(self.dir / name, f"the FST {name} of a lang dir written by `hfasr lang`")
 
     def L(self):
         return self._fst("L.fst")

@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hfasr.config import bounded, check_ranges
 from hfasr.errors import DataError
+from hfasr.fileio import load_torch, save_torch
 from hfasr.lattice.tensors import Lattice
 
 log = logging.getLogger(__name__)
@@ -42,18 +44,15 @@ log = logging.getLogger(__name__)
 class LatticeConfig:
     """Options of ``hfasr lattices``."""
 
-    acoustic_scale: float = 0.1  # κ of the decoding (and the usual κ of the criteria)
-    beam: float = 13.0  # decoding beam
-    lattice_beam: float = 6.0  # lattice pruning beam (larger: richer lattices, slower training)
-    num_jobs: int = 2  # decoding processes
-    num_threads: int = 1  # torch threads for the model's forward pass
-    max_arcs_per_frame: int = 0  # > 0: cuts with denser lattices are listed as failed (memory guard)
+    acoustic_scale: float = bounded(0.1, gt=0)  # κ of the decoding (and the usual κ of the criteria)
+    beam: float = bounded(13.0, gt=0)  # decoding beam
+    lattice_beam: float = bounded(6.0, gt=0)  # lattice pruning beam (larger: richer lattices, slower training)
+    num_jobs: int = bounded(2, ge=1)  # decoding processes
+    num_threads: int = bounded(1, ge=1)  # torch threads for the model's forward pass
+    max_arcs_per_frame: int = bounded(0, ge=0)  # > 0: cuts with denser lattices are listed as failed (memory guard)
 
     def __post_init__(self) -> None:
-        if not self.acoustic_scale > 0:
-            raise ValueError(f"acoustic_scale must be > 0, got {self.acoustic_scale}")
-        if not (self.beam > 0 and self.lattice_beam > 0):
-            raise ValueError("beam and lattice_beam must be > 0")
+        check_ranges(self)
 
 
 def lattice_path(lat_dir: str | Path, split: str) -> Path:
@@ -103,17 +102,23 @@ def _one(item: tuple[str, np.ndarray]) -> tuple[str, dict | None, str]:
         return cid, None, f"lattice too dense: {lt.num_arcs} arcs for {T} frames"
     lat = tensors_to_lattice(lt, torch.from_numpy(_W["tid2pdf"]))
     note = "partial (no final state reached)" if res.best.partial else ""
-    return cid, lat.to_dict(), note
+    # numpy, not torch: a tensor returned from a worker travels as a shared-memory file
+    # descriptor (thousands of lattices exhaust the descriptor limit and hang the pool)
+    return cid, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in lat.to_dict().items()}, note
+
+
+def _as_torch(d: dict | None) -> dict | None:
+    return None if d is None else {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in d.items()}
 
 
 def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, split: str,
                       lang_dir: str | Path, gmm_dir: str | Path, out_dir: str | Path,
-                      cfg: LatticeConfig | None = None, progress: bool = True) -> Path:
-    """Write ``<out_dir>/lats_<split>.pt`` (module docstring); builds ``<out_dir>/graph_weak``
-    (HCLG over ``G_weak``) on first use. Returns the lattice file's path."""
-    from lhotse import load_manifest
-
-    from hfasr.data.corpora import manifest_path
+                      cfg: LatticeConfig | None = None, progress: bool = True,
+                      graph_dir: str | Path | None = None) -> Path:
+    """Write ``<out_dir>/lats_<split>.pt`` (module docstring; atomically); builds
+    ``<graph_dir>/HCLG.fst`` (HCLG over ``G_weak``; default ``graph_dir``: ``<out_dir>/graph_weak``)
+    on first use. Returns the lattice file's path."""
+    from hfasr.data.corpora import load_cuts, manifest_path
     from hfasr.gmm.model import GmmModel
     from hfasr.gmm.train import _tid_arrays, write_graph
     from hfasr.lang.prepare import Lang
@@ -126,7 +131,7 @@ def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, s
     gmm_dir, model_path = Path(gmm_dir), Path(model_path)
     gmm = GmmModel.read(gmm_dir / "final.mdl", gmm_dir / "tree")
     lang = Lang(lang_dir)
-    graph = out / "graph_weak" / "HCLG.fst"
+    graph = Path(graph_dir or out / "graph_weak") / "HCLG.fst"
     if not graph.is_file():
         t0 = time.time()
         write_graph(gmm, lang, graph.parent, weak=True)
@@ -143,14 +148,14 @@ def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, s
     m = manifest_path(data_dir, task, split, "feats")
     if not m.is_file():
         raise DataError(f"{m}: features manifest not found; run `hfasr features` first")
-    cuts = [c for c in load_manifest(m) if "_sp" not in c.id]  # speed-perturbed copies: no lattices
+    cuts = [c for c in load_cuts(m) if "_sp" not in c.id]  # speed-perturbed copies: no lattices
     model = load_model(model_path)
     prior = load_prior(model_path.parent / "prior.pt")
     if prior.numel() != int(tid2pdf.max()) + 1:
         raise DataError(f"{model_path}: {prior.numel()} pdfs, but {gmm_dir}/final.mdl has {int(tid2pdf.max()) + 1}")
     items = []
     for c in tqdm(cuts, desc=f"loglikes {task}/{split}", disable=not progress, leave=False):
-        ll = compute_loglikes(model, torch.from_numpy(c.load_features()), prior)
+        ll = compute_loglikes(model, torch.from_numpy(c.load_features()), prior, name=f"cut '{c.id}'")
         items.append((c.id, ll.numpy()))
 
     t0 = time.time()
@@ -171,12 +176,10 @@ def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, s
         raise DataError(f"no lattice could be generated for {task}/{split} (first failure: "
                         f"{next(iter(failed.items()), ('-', '-'))})")
     path = lattice_path(out, split)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"cut_ids": ids, "lattices": lats, "tid2pdf": torch.from_numpy(tid2pdf),
+    save_torch({"cut_ids": ids, "lattices": lats, "tid2pdf": torch.from_numpy(tid2pdf),
                 "tid2phone": torch.from_numpy(tid2phone), "silence_phones": silence,
                 "acoustic_scale": cfg.acoustic_scale, "beam": cfg.beam, "lattice_beam": cfg.lattice_beam,
-                "model": str(model_path), "failed": failed}, tmp)
-    tmp.replace(path)
+                "model": str(model_path), "failed": failed}, path)
     log.info("%s: %d lattices (%d failed, %d partial), %.1f arcs/frame, %.1f s", path, len(ids), len(failed),
              partial, arcs / max(frames, 1), time.time() - t0)
     return path
@@ -186,17 +189,19 @@ def decode_to_lattices(graph: str | Path, tid2pdf: np.ndarray, items: list[tuple
                        cfg: LatticeConfig, progress: bool = False, desc: str = "lattices"
                        ) -> list[tuple[str, dict | None, str]]:
     """``(cut_id, Lattice.to_dict() or None, note)`` for ``(cut_id, loglikes (T, K))`` items,
-    in order, decoded over ``graph`` in ``cfg.num_jobs`` processes."""
+    in order, decoded over ``graph`` in ``cfg.num_jobs`` processes. The graph is read here, before
+    the workers fork (they inherit it): an unreadable graph is a DataError naming it, never a
+    pool of workers failing at start."""
     bar = tqdm(total=len(items), desc=desc, disable=not progress, leave=False)
+    _init(str(graph), tid2pdf, cfg)
     if cfg.num_jobs > 1:
         ctx = mp.get_context("fork")
-        with ctx.Pool(cfg.num_jobs, initializer=_init, initargs=(str(graph), tid2pdf, cfg)) as pool:
+        with ctx.Pool(cfg.num_jobs) as pool:
             results = list(_track(pool.imap(_one, items, chunksize=4), bar))
     else:
-        _init(str(graph), tid2pdf, cfg)
         results = list(_track(map(_one, items), bar))
     bar.close()
-    return results
+    return [(cid, _as_torch(d), note) for cid, d, note in results]
 
 
 def _track(it, bar):
@@ -211,16 +216,15 @@ def load_lattices(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"lattice file not found: {path}; run `hfasr lattices` first")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read lattice file: {e}") from e
     need = ("cut_ids", "lattices", "tid2pdf", "tid2phone", "silence_phones", "acoustic_scale")
-    if not isinstance(d, dict) or any(k not in d for k in need):
-        raise DataError(f"{path}: expected a dict with keys {list(need)}")
+    d = load_torch(path, "a lattice file written by `hfasr lattices`", need)
     if len(d["cut_ids"]) != len(d["lattices"]):
         raise DataError(f"{path}: {len(d['cut_ids'])} cut ids but {len(d['lattices'])} lattices")
-    d["lattices"] = [Lattice.from_dict(x) for x in d["lattices"]]
-    if not math.isfinite(float(d["acoustic_scale"])):
+    try:
+        d["lattices"] = [Lattice.from_dict(x) for x in d["lattices"]]
+        scale = float(d["acoustic_scale"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise DataError(f"{path}: not a lattice file written by `hfasr lattices` ({type(e).__name__}: {e})") from e
+    if not math.isfinite(scale):
         raise DataError(f"{path}: bad acoustic_scale")
     return d

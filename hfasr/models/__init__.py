@@ -19,7 +19,6 @@ For decoding, :func:`compute_loglikes` turns a model's logits into the pseudo lo
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hfasr.errors import DataError
+from hfasr.fileio import load_torch, save_torch
 from hfasr.models.dnn import DNN, DNNConfig, SplicedFrames, splice
 
 __all__ = [
@@ -86,13 +86,12 @@ def build_model(model_config: dict[str, Any]) -> nn.Module:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file and ``os.replace``: readers never see
-    a partly written file, and a crash leaves the previous version intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to ``path`` through :func:`hfasr.fileio.atomic_path` (a per-process
+    temporary name, fsync'ed, renamed, the directory fsync'ed): readers never see a partly
+    written file, and a crash leaves the previous version intact. A full disk is a
+    :class:`DataError` naming ``path`` (the previous version stays valid, no temporary file is
+    left): :func:`hfasr.fileio.save_torch`."""
+    save_torch(obj, path)
 
 
 def save_model(path: str | Path, model: nn.Module, **extra: Any) -> None:
@@ -105,14 +104,13 @@ def save_model(path: str | Path, model: nn.Module, **extra: Any) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)``; DataError naming the file if missing or malformed."""
+    """:func:`hfasr.fileio.load_torch` (``weights_only=True``: a pickle that would run code is
+    refused, never executed); DataError naming the file if missing, truncated, tampered with or
+    not a model checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated / not a torch file / pickled objects
-        raise DataError(f"{path}: cannot read checkpoint: {e}") from e
+    ckpt = load_torch(path, "checkpoint written by hfasr train (final.pt / checkpoint.pt)", map_location=map_location)
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "state_dict" not in ckpt:
         raise DataError(f"{path}: not a model checkpoint (expected 'model_config' and 'state_dict')")
     return ckpt
@@ -134,21 +132,34 @@ def load_prior(path: str | Path) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prior file not found: {path}")
-    d = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(d, dict) or "log_prior" not in d:
-        raise DataError(f"{path}: expected a dict with 'log_prior'")
-    return d["log_prior"]
+    d = load_torch(path, "a prior file written by hfasr train (prior.pt)", keys=("log_prior",))
+    lp = d["log_prior"]
+    if not isinstance(lp, Tensor) or lp.dim() != 1 or lp.numel() == 0 or not lp.is_floating_point():
+        raise DataError(f"{path}: 'log_prior' must be a non-empty 1-D float tensor (prior.pt of hfasr train)")
+    if not bool(torch.isfinite(lp).all()):
+        raise DataError(f"{path}: 'log_prior' has non-finite values (pdf {_first_bad(lp)}); rerun `hfasr train`")
+    return lp
+
+
+def _first_bad(x: Tensor) -> int:
+    """The flat index of the first non-finite value of ``x``."""
+    return int((~torch.isfinite(x)).reshape(-1).nonzero()[0])
 
 
 @torch.no_grad()
 def compute_loglikes(model: nn.Module, feats: Tensor, log_prior: Tensor | None = None,
-                     prior_scale: float = 1.0, device: str | torch.device | None = None) -> Tensor:
+                     prior_scale: float = 1.0, device: str | torch.device | None = None,
+                     name: str = "the utterance") -> Tensor:
     """Pseudo log-likelihoods (T', num_pdfs) of one utterance's features ``feats`` (T, F):
     ``log_softmax(logits) − prior_scale · log_prior`` (no prior subtracted if ``log_prior`` is
     None). T' = T for a DNN (a frame-stacking model returns its own frame rate). Runs in eval
-    mode and returns a float32 CPU tensor."""
+    mode and returns a float32 CPU tensor. Non-finite features or outputs are a DataError
+    naming ``name`` (e.g. ``"cut 'x'"``): never a NaN in the result."""
     if feats.dim() != 2:
         raise ValueError(f"compute_loglikes expects features (T, F), got {tuple(feats.shape)}")
+    if not bool(torch.isfinite(feats).all()):
+        frame = _first_bad(feats) // max(feats.shape[1], 1)
+        raise DataError(f"{name}: non-finite feature value in frame {frame}; check the features (hfasr features)")
     was_training = model.training
     model.eval()
     try:
@@ -160,6 +171,10 @@ def compute_loglikes(model: nn.Module, feats: Tensor, log_prior: Tensor | None =
             if log_prior.shape[-1] != logp.shape[-1]:
                 raise DataError(f"prior has {log_prior.shape[-1]} pdfs but the model {logp.shape[-1]} outputs")
             logp = logp - prior_scale * log_prior.to(logp)
+        if not bool(torch.isfinite(logp).all()):
+            frame = _first_bad(logp) // max(logp.shape[1], 1)
+            raise DataError(f"{name}: the model gives non-finite outputs (frame {frame}) on finite features; "
+                            "the model is broken (retrain it)")
         return logp.cpu()
     finally:
         model.train(was_training)
@@ -173,5 +188,5 @@ def compute_loglikes_set(model: nn.Module, utterances: Iterable[tuple[str, Tenso
     ids, lls = [], []
     for cid, feats in utterances:
         ids.append(cid)
-        lls.append(compute_loglikes(model, feats, log_prior, prior_scale, device))
+        lls.append(compute_loglikes(model, feats, log_prior, prior_scale, device, name=f"cut '{cid}'"))
     return {"cut_ids": ids, "loglikes": lls}

@@ -46,15 +46,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from hfasr.config import bounded, check_ranges
+
 
 @dataclass
 class BLSTMConfig:
     """Hyper-parameters of :class:`BLSTM` (the ``blstm:`` section of the CE and CTC training configs)."""
 
-    hidden_size: int = 64  # units per direction
-    num_layers: int = 2
-    subsample: int = 1  # stack this many frames into one (output frame rate / subsample)
-    forget_bias: float = 1.0
+    hidden_size: int = bounded(64, ge=1)  # units per direction
+    num_layers: int = bounded(2, ge=1)
+    subsample: int = bounded(1, ge=1)  # stack this many frames into one (output frame rate / subsample)
+    forget_bias: float = bounded(1.0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def frame_mask(lengths: Tensor, T: int) -> Tensor:

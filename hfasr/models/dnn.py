@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from hfasr.config import bounded, check_ranges
+
 Activation = Literal["sigmoid", "tanh", "relu"]
 _ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
 
@@ -39,26 +41,17 @@ class DNNConfig:
     Kaldi nnet1 / the HF papers used 5-7 × 1024-2048 sigmoid layers on 50-300 h.
     """
 
-    hidden_dim: int = 256  # units per hidden layer
-    num_layers: int = 4  # hidden layers
-    context: int = 5  # frames spliced on each side (input = (2·context + 1)·F)
+    hidden_dim: int = bounded(256, ge=1)  # units per hidden layer
+    num_layers: int = bounded(4, ge=0)  # hidden layers
+    context: int = bounded(5, ge=0)  # frames spliced on each side (input = (2·context + 1)·F)
     activation: Activation = "sigmoid"  # hidden nonlinearity
     utt_cmn: bool = False  # subtract each utterance's feature mean first (speaker/channel normalisation)
     init: Literal["glorot", "sparse"] = "glorot"  # sparse: Martens (2010), 15 N(0,1) inputs per unit
-    dropout: float = 0.0  # dropout on every hidden layer's output in training mode (first-order CE only)
-    num_ceps: int = 0  # > 0: a fixed DCT-II keeps this many cepstra of each normalised frame (MFCC-like input)
+    dropout: float = bounded(0.0, ge=0, lt=1)  # dropout on every hidden layer's output in training mode (first-order CE only)
+    num_ceps: int = bounded(0, ge=0)  # > 0: a fixed DCT-II keeps this many cepstra of each normalised frame (MFCC-like input)
 
     def __post_init__(self) -> None:
-        if self.hidden_dim < 1:
-            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim}")
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
-        if self.context < 0:
-            raise ValueError(f"context must be >= 0, got {self.context}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.num_ceps < 0:
-            raise ValueError(f"num_ceps must be >= 0, got {self.num_ceps}")
+        check_ranges(self)
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
 

@@ -55,6 +55,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from hfasr.config import bounded, check_ranges, limits
 from hfasr.models.blstm import (
     frame_mask,
     reverse_index,
@@ -72,17 +73,22 @@ DIRECTIONS: tuple[tuple[bool, bool], ...] = ((False, False), (False, True), (Tru
 class MDLSTMConfig:
     """Hyper-parameters of :class:`MDLSTM` (the ``mdlstm:`` section of the CE and CTC training configs)."""
 
-    hidden_sizes: list[int] = field(default_factory=lambda: [8, 16])  # per MDLSTM level
-    ff_sizes: list[int] = field(default_factory=lambda: [16])  # tanh layers between levels
-    freq_patches: list[int] = field(default_factory=lambda: [4])  # frequency collapse between levels
-    input_patch: int = 1  # frequency bins per input cell
-    time_patch: int = 1  # frames per input cell (output frame rate / time_patch)
+    hidden_sizes: list[int] = field(  # per MDLSTM level
+        default_factory=lambda: [8, 16], metadata=limits(ge=1, each=True, nonempty=True))
+    ff_sizes: list[int] = field(default_factory=lambda: [16], metadata=limits(ge=1, each=True))  # tanh layers between levels
+    freq_patches: list[int] = field(  # frequency collapse between levels
+        default_factory=lambda: [4], metadata=limits(ge=1, each=True))
+    input_patch: int = bounded(1, ge=1)  # frequency bins per input cell
+    time_patch: int = bounded(1, ge=1)  # frames per input cell (output frame rate / time_patch)
     combine: Literal["concat", "sum"] = "concat"  # the four directions' outputs
     # initial bias of both forget gates. A cell adds σ(f_t)·c[t−1,f] + σ(f_f)·c[t,f−1]: with +1 the
     # two gates sum to 1.46, so cell states grow along the diagonals and the model is far from
     # linear in its parameters (HF's Gauss-Newton model then over-predicts every reduction, ρ ≪ ¼);
     # −1 (sum 0.54) keeps the cells contracting. The CTC recipes use −1; see docs/hf-training.md.
-    forget_bias: float = 1.0
+    forget_bias: float = bounded(1.0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)  # the list lengths are checked when the model is built (an unused section may differ)
 
 
 def _uniform(shape: Sequence[int], bound: float) -> nn.Parameter:

@@ -32,6 +32,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
+from hfasr.config import bounded, check_ranges, ordered
 from hfasr.optim.cg import pcg
 from hfasr.optim.gn import flatten, unflatten
 
@@ -44,47 +45,54 @@ Role = Literal["gradient", "curvature", "heldout"]
 class HFConfig:
     """Hyper-parameters of :class:`HessianFree` (defaults from Martens 2010 and his published code)."""
 
-    damping: float = 1.0  # initial λ (G is normalised per frame/case; Martens' 45 was per case of an autoencoder)
-    damping_min: float = 1e-8  # λ is kept in [damping_min, damping_max]
-    damping_max: float = 1e8
-    lm_boost: float = 1.5  # λ ← λ·boost when ρ < rho_low (or the step is rejected)
-    lm_drop: float = 2.0 / 3.0  # λ ← λ·drop when ρ > rho_high
-    rho_low: float = 0.25
-    rho_high: float = 0.75
-    cg_max_iters: int = 250  # Martens' ICML value; 50-150 are common for speed
-    cg_min_iters: int = 1
-    cg_tol: float = 5e-4  # ε of the quadratic-progress stopping rule
-    warm_start: float = 0.95  # ζ: CG starts from ζ × the previous update's last CG iterate
+    damping: float = bounded(1.0, gt=0)  # initial λ (G is normalised per frame/case; Martens' 45 was per case of an autoencoder)
+    damping_min: float = bounded(1e-8, ge=0)  # λ is kept in [damping_min, damping_max]
+    damping_max: float = bounded(1e8, gt=0, finite=False)
+    lm_boost: float = bounded(1.5, ge=1)  # λ ← λ·boost when ρ < rho_low (or the step is rejected)
+    lm_drop: float = bounded(2.0 / 3.0, gt=0, le=1)  # λ ← λ·drop when ρ > rho_high
+    rho_low: float = bounded(0.25)
+    rho_high: float = bounded(0.75)
+    cg_max_iters: int = bounded(250, ge=1)  # Martens' ICML value; 50-150 are common for speed
+    cg_min_iters: int = bounded(1, ge=0)
+    cg_tol: float = bounded(5e-4, ge=0)  # ε of the quadratic-progress stopping rule
+    warm_start: float = bounded(0.95, ge=0, le=1)  # ζ: CG starts from ζ × the previous update's last CG iterate
     backtracking: bool = True  # CG-backtracking over stored iterates
     line_search: bool = True  # Armijo line search
-    armijo_c: float = 1e-2
-    ls_shrink: float = 0.8
-    ls_max: int = 20  # reductions before the step is rejected
+    armijo_c: float = bounded(1e-2, ge=0, lt=1)
+    ls_shrink: float = bounded(0.8, gt=0, lt=1)
+    ls_max: int = bounded(20, ge=0)  # reductions before the step is rejected
     preconditioner: Literal["none", "martens", "chapelle-erhan"] = "martens"
-    precond_power: float = 0.75  # M = (diag + λ + η)^power
-    precond_samples: int = 1  # Chapelle-Erhan: random backward passes per update
+    precond_power: float = bounded(0.75, ge=0)  # M = (diag + λ + η)^power
+    precond_samples: int = bounded(1, ge=1)  # Chapelle-Erhan: random backward passes per update
     # damping matrix: "identity" (Martens 2010: λI) or "diag" (Marquardt's scaling: λD with D the
     # curvature-diagonal estimate of the preconditioner, normalised to mean 1, plus damping_floor).
     # "diag" damps every parameter relative to its own curvature scale, for models whose diagonal
     # spans orders of magnitude (LSTM weights vs the output layer); see docs/hf-training.md.
     damping_matrix: Literal["identity", "diag"] = "identity"
-    damping_floor: float = 1e-2
-    l2: float = 0.0  # η: L2 weight cost added to the objective (and to the curvature)
-    structural_damping: float = 0.0  # μ (RNNs): adds λμ J_aᵀ D J_a to the curvature
+    damping_floor: float = bounded(1e-2, ge=0)
+    l2: float = bounded(0.0, ge=0)  # η: L2 weight cost added to the objective (and to the curvature)
+    structural_damping: float = bounded(0.0, ge=0)  # μ (RNNs): adds λμ J_aᵀ D J_a to the curvature
     rho_data: Literal["curvature", "gradient", "heldout"] = "curvature"
     backtrack_data: Literal["gradient", "heldout"] = "gradient"
     linesearch_data: Literal["gradient", "heldout"] = "gradient"
     # with held-out line search: also evaluate the gradient data's loss after the step (one more
     # pass over it, for the log and history only); off: ``HFStats.loss_after`` is None
     train_loss_after: bool = True
-    seed: int = 0  # seeds the generator handed to the objective (curvature sampling, preconditioner)
+    seed: int = bounded(0, ge=0)  # seeds the generator handed to the objective (curvature sampling, preconditioner)
     # Reuse across successive data subsets (Dognin & Goel 2013 / US9483728B2); the objective
     # tells which subset its gradient came from through its ``subset`` attribute.
     gradient_reuse: Literal["none", "sag", "dynamic"] = "none"  # combine stored per-subset gradients
     reuse_warm_start: bool = True  # False: CG starts from 0 every update
     reuse_damping: bool = True  # False: λ is reset to `damping` every update
-    dsag_boost: float = 1.5  # dynamic weighting: fresh-gradient weight ×boost when held-out loss rose
-    dsag_drop: float = 2.0 / 3.0  # ... ×drop when it fell (bounded below by the SAG weight 1/S)
+    dsag_boost: float = bounded(1.5, gt=0)  # dynamic weighting: fresh-gradient weight ×boost when held-out loss rose
+    dsag_drop: float = bounded(2.0 / 3.0, gt=0)  # ... ×drop when it fell (bounded below by the SAG weight 1/S)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        ordered(self, "damping_min", "damping")
+        ordered(self, "damping", "damping_max")
+        ordered(self, "rho_low", "rho_high")
+        ordered(self, "cg_min_iters", "cg_max_iters")
 
 
 class CurvatureOperator(Protocol):

@@ -339,14 +339,19 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 
 def make_objective(model: nn.Module, criterion: BatchCriterion, data: BatchData, *,
                    heldout_fraction: float = 0.0, num_subsets: int = 1, seed: int = 0,
-                   **kwargs: Any) -> BatchObjective | SubsetObjective:
+                   heldout: BatchData | None = None, **kwargs: Any) -> BatchObjective | SubsetObjective:
     """The HF objective of a training run: a held-out ``heldout_fraction`` of ``data``
     (:func:`split_heldout` with ``seed``) and, with ``num_subsets`` K > 1, K interleaved
-    subsets of the rest (every K-th example). ``kwargs`` go to :class:`BatchObjective`."""
-    held_idx, grad_idx = split_heldout(len(data), heldout_fraction, seed)
+    subsets of the rest (every K-th example). ``heldout`` (other data, e.g. held-out
+    speakers) replaces the split: all of ``data`` then feeds the gradient. ``kwargs`` go to
+    :class:`BatchObjective`."""
+    if heldout is not None:
+        held_idx, grad_idx = [], list(range(len(data)))
+    else:
+        held_idx, grad_idx = split_heldout(len(data), heldout_fraction, seed)
     if not grad_idx:
         raise ValueError(f"heldout_fraction = {heldout_fraction} leaves no example for the gradient")
-    held = data.subset(held_idx) if held_idx else None
+    held = heldout if heldout is not None else (data.subset(held_idx) if held_idx else None)
     if num_subsets <= 1:
         return BatchObjective(model, criterion, data.subset(grad_idx) if held_idx else data, held, **kwargs)
     if len(grad_idx) < num_subsets:

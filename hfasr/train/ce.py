@@ -27,16 +27,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hfasr.config import TORCH_DEVICE, bounded, check_ranges
 from hfasr.data.batching import Batch, make_batches
 from hfasr.data.frames import IGNORE_INDEX, FrameData, FrameDataConfig
 from hfasr.data.utterances import FrameRows, Utterances
-from hfasr.errors import ConfigError
+from hfasr.errors import ConfigError, DataError
 from hfasr.models import DNNConfig, build_model
 from hfasr.models.blstm import BLSTMConfig
 from hfasr.models.mdlstm import MDLSTMConfig
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
-from hfasr.train.task import Task
+from hfasr.train.task import Task, check_features
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class TrainConfig(FirstOrderConfig):
 
     RESUMABLE: ClassVar[tuple[str, ...]] = ("epochs", "hf.updates", "num_threads", "device")
 
-    lr: float | None = None  # learning rate; null: the optimizer's default (sgd 0.1, adam 0.001)
+    lr: float | None = bounded(None, gt=0)  # learning rate; null: the optimizer's default (sgd 0.1, adam 0.001)
     lr_schedule: Literal["newbob", "cosine", "constant"] = "newbob"
     criterion: str = "ce"  # training criterion (ce)
     optimizer: Literal["sgd", "adam", "hf"] = "sgd"  # sgd (with momentum) | adam | hf (Hessian-free, section hf:)
@@ -64,13 +65,13 @@ class TrainConfig(FirstOrderConfig):
     data: FrameDataConfig = field(default_factory=FrameDataConfig)  # alignment/feature matching
     train_split: str = "train"  # features <task>_feats_<split>, alignment ali_<split>.pt
     dev_split: str = "dev"  # reported every epoch; drives the newbob schedule
-    batch_size: int = 256  # sgd / adam, dnn: frames per minibatch (shuffled across utterances)
-    utt_batch_frames: int = 4000  # blstm / mdlstm: padded frames per batch of whole utterances
-    chunk_size: int = 8192  # dnn: frames per forward/backward chunk (HF passes, dev evaluation)
-    prior_floor: float = 1e-5  # pdf priors: floor of count/total (pdfs unseen in training)
-    seed: int = 0  # model initialisation and frame order
-    num_threads: int = 0  # torch intra-op threads; 0 = torch's default
-    device: str = "cpu"  # cpu | cuda | cuda:N
+    batch_size: int = bounded(256, ge=1)  # sgd / adam, dnn: frames per minibatch (shuffled across utterances)
+    utt_batch_frames: int = bounded(4000, ge=1)  # blstm / mdlstm: padded frames per batch of whole utterances
+    chunk_size: int = bounded(8192, ge=1)  # dnn: frames per forward/backward chunk (HF passes, dev evaluation)
+    prior_floor: float = bounded(1e-5, gt=0, le=1)  # pdf priors: floor of count/total (pdfs unseen in training)
+    seed: int = bounded(0, ge=0)  # model initialisation and frame order
+    num_threads: int = bounded(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    device: str = bounded("cpu", **TORCH_DEVICE)  # cpu | cuda | cuda:N
     # optimizer hf: updates in all, one dev report per updates_per_report; G v on a 2% frame sample
     hf: HFTrainConfig = field(default_factory=lambda: HFTrainConfig(
         updates=20, heldout_fraction=0.0, curvature_fraction=0.02, curvature_min=4096,
@@ -79,6 +80,7 @@ class TrainConfig(FirstOrderConfig):
     DEFAULT_LR: ClassVar[dict[str, float]] = {"sgd": 0.1, "adam": 1e-3}
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.criterion != "ce":
             raise ValueError(f"frame-level training needs criterion 'ce', got '{self.criterion}'")
         if self.optimizer not in ("sgd", "adam", "hf"):
@@ -89,15 +91,10 @@ class TrainConfig(FirstOrderConfig):
         if rate_key and getattr(getattr(self, self.model), rate_key) != 1:
             raise ValueError(f"{self.model}.{rate_key} must be 1 for frame-level (hybrid) training: one output "
                              f"per alignment frame (got {getattr(getattr(self, self.model), rate_key)})")
-        for name in ("batch_size", "utt_batch_frames", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.first_order()  # checks the first-order keys
         if self.optimizer == "hf" and self.model == "dnn" and self.dnn.dropout > 0:
             raise ValueError(f"dnn.dropout {self.dnn.dropout} needs a first-order optimizer: Hessian-free needs a "
                              "deterministic network (set dnn.dropout: 0 or optimizer: sgd / adam)")
-        if not self.prior_floor > 0:
-            raise ValueError(f"prior_floor must be > 0, got {self.prior_floor}")
 
     def first_order(self) -> FirstOrderConfig:
         """The first-order driver's settings (the top-level keys)."""
@@ -167,6 +164,20 @@ def prior_from_data(data: FrameData, floor: float = 1e-5) -> Tensor:
     return log_prior
 
 
+def load_cmvn_stats(path: Path, feat_dim: int) -> tuple[Tensor, Tensor]:
+    """The global CMVN ``(mean, std)`` of ``hfasr features`` (``<task>_stats.pt``, read by
+    :func:`hfasr.data.features.load_stats` through :func:`hfasr.fileio.load_torch`: a tampered
+    file's code never runs); DataError naming the file if it is missing, truncated, of the wrong
+    kind, holds non-finite values, or does not match the ``feat_dim`` of the features."""
+    from hfasr.data.features import load_stats
+
+    mean, std = load_stats(path)
+    if tuple(mean.shape) != (feat_dim,):
+        raise DataError(f"{path}: CMVN stats of {mean.numel()}-dim features, but the features have {feat_dim} "
+                        f"dims (shape ({feat_dim},) expected); rerun `hfasr features`")
+    return mean, std
+
+
 # ---------------------------------------------------------------------------------------- evaluation
 def utterance_collate(data: FrameData, device: torch.device | str) -> Callable[[list[int]], Batch]:
     """``collate(utterance indices) -> Batch`` of padded utterances of ``data``: inputs
@@ -220,6 +231,9 @@ class CETask(Task):
         if dev.num_pdfs != train.num_pdfs or dev.feat_dim != train.feat_dim:
             raise ConfigError(f"dev set has {dev.num_pdfs} pdfs / {dev.feat_dim}-dim features, "
                               f"training set {train.num_pdfs} / {train.feat_dim}")
+        # non-finite or absurd features: an error naming the cut, before any training
+        check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'", train.offsets)
+        check_features(dev.cut_ids, dev.feats, f"split '{cfg.dev_split}'", dev.offsets)
         self.cfg, self.train, self.dev, self.device = cfg, train, dev, device
         self.run_name, self.model_name = cfg.run_name, cfg.model
         torch.manual_seed(cfg.seed)
@@ -268,13 +282,12 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, task: str, ali_dir: str
     """``hfasr train --criterion ce``: load the data, train (resuming from ``<out>/checkpoint.pt``
     with ``resume``), write ``config.yaml``, ``prior.pt`` and ``final.pt``. Returns the
     :class:`~hfasr.train.experiment.Experiment`."""
-    from hfasr.data.features import load_stats
     from hfasr.train.experiment import run_experiment
 
     def build(exp) -> CETask:
         train = FrameData.load(data_dir, task, cfg.train_split, ali_dir, cfg.data, progress=exp.progress)
         dev = FrameData.load(data_dir, task, cfg.dev_split, ali_dir, cfg.data, progress=exp.progress)
-        cmvn = load_stats(Path(data_dir) / f"{task}_stats.pt")
+        cmvn = load_cmvn_stats(Path(data_dir) / f"{task}_stats.pt", train.feat_dim)
         if getattr(getattr(cfg, cfg.model), "utt_cmn", False):
             # the model removes each utterance's mean itself (forward); the frame-level training
             # data must match, and the global CMVN is then taken over the mean-removed frames

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from hfasr.config import TORCH_DEVICE, bounded, check_ranges
 from hfasr.criteria.ctc import SPACE, CtcLoss, TokenTable, ctc_count
 from hfasr.data.batching import Batch, pad_batch, pad_targets
 from hfasr.data.utterances import Utterances, UtteranceSet, read_cuts
@@ -38,7 +39,7 @@ from hfasr.models.dnn import DNNConfig
 from hfasr.models.mdlstm import MDLSTMConfig as MDLSTMSection
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
-from hfasr.train.task import Task
+from hfasr.train.task import Task, check_features
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class CtcTrainConfig:
     # training starts where the all-blank stage would otherwise first have to be learned; "zero":
     # the layer's default (uniform outputs)
     output_bias: Literal["prior", "zero"] = "prior"
-    max_frames: int = 20000  # padded input frames per forward/backward batch
+    max_frames: int = bounded(20000, ge=1)  # padded input frames per forward/backward batch
     train_split: str = "train"
     dev_split: str = "dev"
     dev_wer: bool = True  # greedy-decode the dev set at every report (WER, token error rate)
@@ -79,19 +80,18 @@ class CtcTrainConfig:
             linesearch_data="heldout")))
     # the first-order baseline: minibatches of whole utterances, gradient norm clipped at 5
     adam: FirstOrderConfig = field(default_factory=lambda: FirstOrderConfig(lr=1e-3, epochs=20, max_grad_norm=5.0))
-    seed: int = 0
-    num_threads: int = 0  # torch threads; 0 = torch's default
-    device: str = "cpu"
+    seed: int = bounded(0, ge=0)
+    num_threads: int = bounded(0, ge=0)  # torch threads; 0 = torch's default
+    device: str = bounded("cpu", **TORCH_DEVICE)  # cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.criterion != "ctc":
             raise ValueError(f"CTC training needs criterion 'ctc', got '{self.criterion}'")
         if self.model not in MODELS:
             raise ValueError(f"unknown model '{self.model}' (known: {', '.join(MODELS)})")
         if self.optimizer not in ("hf", "adam"):
             raise ValueError(f"CTC training supports optimizers hf and adam, got '{self.optimizer}'")
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
         if self.output_bias not in ("prior", "zero"):
             raise ValueError(f"output_bias must be 'prior' or 'zero', got {self.output_bias!r}")
 
@@ -189,6 +189,9 @@ class CtcTask(Task):
                  prons: dict | None = None) -> None:
         from hfasr.models import build_model
 
+        # non-finite or absurd features: an error naming the cut, before any training
+        check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'")
+        check_features(dev.cut_ids, dev.feats, f"split '{cfg.dev_split}'")
         self.cfg, self.table, self.prons = cfg, table, prons
         self.device = torch.device(device)
         self.run_name, self.model_name = cfg.run_name, cfg.model
@@ -295,10 +298,17 @@ class CtcTask(Task):
                             f"{len(self.table)}); use another --out")
 
 
-def compute_cmvn(feats: list[Tensor], utt_cmn: bool = False) -> tuple[Tensor, Tensor]:
-    """Global mean / std over all frames (per-utterance mean removed first with ``utt_cmn``)."""
-    x = torch.cat([f - f.mean(0, keepdim=True) if utt_cmn else f for f in feats])
-    return x.mean(0), x.std(0).clamp_min(1e-5)
+def compute_cmvn(feats: list[Tensor], utt_cmn: bool = False, cut_ids: list[str] | None = None,
+                 where: str = "the training set") -> tuple[Tensor, Tensor]:
+    """Global mean / std over all frames (per-utterance mean removed first with ``utt_cmn``),
+    accumulated in float64. With ``cut_ids``, a non-finite or absurd feature value
+    (:func:`~hfasr.train.task.check_features`) is first an error naming its cut: one frame of
+    1e30 would otherwise make the std ~3e28 and squash every other frame to zero."""
+    if cut_ids is not None:
+        check_features(cut_ids, feats, where)
+    x = torch.cat([(f - f.mean(0, keepdim=True) if utt_cmn else f).double() for f in feats])
+    dtype = feats[0].dtype if feats else torch.float32
+    return x.mean(0).to(dtype), x.std(0).clamp_min(1e-5).to(dtype)
 
 
 def run_ctc_training(cfg: CtcTrainConfig, data_dir: str | Path, task: str, out_dir: str | Path,
@@ -318,7 +328,7 @@ def run_ctc_training(cfg: CtcTrainConfig, data_dir: str | Path, task: str, out_d
         train, dev = encode_cuts(train_cuts, table, train_path), encode_cuts(dev_cuts, table, dev_path)
         log.info("CTC %s: %d train utterances (%d frames), %d dev, %d tokens", cfg.run_name, len(train),
                  train.num_frames, len(dev), len(table))
-        cmvn = compute_cmvn(train.feats, cfg.model == "dnn" and cfg.dnn.utt_cmn)
+        cmvn = compute_cmvn(train.feats, cfg.model == "dnn" and cfg.dnn.utt_cmn, train.cut_ids, str(train_path))
         return CtcTask(cfg, table, train, dev, exp.device, cmvn=cmvn, prons=prons)
 
     return run_experiment(cfg, build, out_dir, resume, progress)

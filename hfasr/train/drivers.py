@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from hfasr.config import bounded, check_ranges, limits, ordered, require
 from hfasr.errors import ConfigError, HfasrError
 from hfasr.optim import HessianFree, HFConfig, make_objective
 from hfasr.train.schedule import NewBobConfig, make_schedule
@@ -40,54 +41,51 @@ class TrainingError(HfasrError):
 class HFTrainConfig:
     """The ``hf:`` section: Hessian-free training (``optimizer: hf``)."""
 
-    updates: int = 20  # HF updates in all
-    updates_per_report: int = 1  # HF updates between dev reports / checkpoints
-    heldout_fraction: float = 0.1  # training examples kept out of the gradient for ρ / backtracking / line search
-    curvature_fraction: float = 0.1  # examples of the gradient set sampled per update for G v products
-    curvature_min: int = 8  # at least this many examples in the curvature sample
+    updates: int = bounded(20, ge=1)  # HF updates in all
+    updates_per_report: int = bounded(1, ge=1)  # HF updates between dev reports / checkpoints
+    heldout_fraction: float = bounded(0.1, ge=0, lt=1)  # training examples kept out of the gradient for ρ / backtracking / line search
+    # where ρ / backtracking / line search are measured: "train" = the heldout_fraction above;
+    # "dev" = the task's dev set (speakers unseen in training; sequence tasks), all of the
+    # training set then feeds the gradient
+    heldout_data: Literal["train", "dev"] = "train"
+    curvature_fraction: float = bounded(0.1, gt=0, le=1)  # examples of the gradient set sampled per update for G v products
+    curvature_min: int = bounded(8, ge=1)  # at least this many examples in the curvature sample
     # > 1: HF on successive subsets (update k: gradient and curvature of subset k mod K); reuse
     # across subsets: optimizer.gradient_reuse (none | sag | dynamic), reuse_warm_start, reuse_damping
-    num_subsets: int = 1
+    num_subsets: int = bounded(1, ge=1)
     optimizer: HFConfig = field(default_factory=HFConfig)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"hf.heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
-        if not 0.0 < self.curvature_fraction <= 1.0:
-            raise ValueError(f"hf.curvature_fraction must be in (0, 1], got {self.curvature_fraction}")
-        for k in ("updates", "updates_per_report", "curvature_min", "num_subsets"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"hf.{k} must be >= 1, got {getattr(self, k)}")
+        check_ranges(self)
 
 
 @dataclass
 class FirstOrderConfig:
     """A first-order section (``sgd:`` / ``adam:``): ``torch.optim`` on shuffled minibatches."""
 
-    lr: float = 1e-3  # learning rate
-    epochs: int = 20  # maximum number of epochs (newbob may stop earlier)
-    reports_per_epoch: int = 1  # dev reports (history lines, checkpoints) per epoch
+    lr: float = bounded(1e-3, gt=0)  # learning rate
+    epochs: int = bounded(20, ge=1)  # maximum number of epochs (newbob may stop earlier)
+    reports_per_epoch: int = bounded(1, ge=1)  # dev reports (history lines, checkpoints) per epoch
     lr_schedule: Literal["newbob", "cosine", "constant"] = "constant"
-    min_lr: float = 0.0  # cosine: learning rate reached after the last epoch
+    min_lr: float = bounded(0.0, ge=0)  # cosine: learning rate reached after the last epoch
     newbob: NewBobConfig = field(default_factory=NewBobConfig)
-    momentum: float = 0.9  # sgd
+    momentum: float = bounded(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = False  # sgd
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
-    weight_decay: float = 0.0  # L2 penalty added to the gradient (torch SGD / Adam weight_decay)
-    max_grad_norm: float = 0.0  # clip the gradient norm per minibatch; 0 = no clipping
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=limits(ge=0, lt=1, each=True))  # adam
+    weight_decay: float = bounded(0.0, ge=0)  # L2 penalty added to the gradient (torch SGD / Adam weight_decay)
+    max_grad_norm: float = bounded(0.0, ge=0)  # clip the gradient norm per minibatch; 0 = no clipping
     loss: Literal["mean", "sum"] = "mean"  # minibatch loss: mean per count (frame, utterance) or sum
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.epochs < 1 or self.reports_per_epoch < 1:
-            raise ValueError("epochs and reports_per_epoch must be >= 1")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must have two values, got {self.betas}")
+        check_ranges(self)
+        require(self, len(self.betas) == 2, "{0} must have two values", "betas")
         if self.loss not in ("mean", "sum"):
             raise ValueError(f"loss must be 'mean' or 'sum', got {self.loss!r}")
-        if self.lr_schedule == "newbob" and self.reports_per_epoch != 1:
-            raise ValueError("lr_schedule newbob decides per epoch: it needs reports_per_epoch 1")
+        require(self, self.lr_schedule != "newbob" or self.reports_per_epoch == 1,
+                "{0} newbob decides per epoch: it needs {1} 1", "lr_schedule", "reports_per_epoch")
+        require(self, not self.nesterov or self.momentum > 0, "{0} needs {1} > 0", "nesterov", "momentum")
+        if self.lr_schedule == "cosine":
+            ordered(self, "min_lr", "lr")
 
 
 # ---------------------------------------------------------------------------------------- protocol
@@ -115,9 +113,14 @@ class HFDriver:
     def __init__(self, task, cfg: HFTrainConfig, seed: int, log_line=print) -> None:
         self.task, self.cfg, self.log_line = task, cfg, log_line
         model: nn.Module = task.model
+        heldout = None
+        if cfg.heldout_data == "dev":
+            heldout = getattr(task, "dev_data", None)
+            if heldout is None:
+                raise ConfigError(f"hf.heldout_data: dev is not supported by the {type(task).__name__}")
         try:
             self.objective = make_objective(
-                model, task.criterion, task.train_data, heldout_fraction=cfg.heldout_fraction,
+                model, task.criterion, task.train_data, heldout_fraction=cfg.heldout_fraction, heldout=heldout,
                 num_subsets=cfg.num_subsets, seed=seed + HELDOUT_SEED_OFFSET,
                 curvature_fraction=cfg.curvature_fraction, curvature_min=cfg.curvature_min,
                 structural=task.structural and cfg.optimizer.structural_damping > 0)

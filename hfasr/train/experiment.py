@@ -2,8 +2,11 @@
 
 :func:`run_experiment` owns, once for every task and driver:
 
-- the out dir: refuses to overwrite a run (``checkpoint.pt``) without ``--resume``; writes the
-  resolved ``config.yaml`` and the task's files (``prior.pt``, ``tokens.txt``);
+- the out dir: one writer per experiment (:class:`hfasr.fileio.DirLock`, held by rank 0 for the
+  whole run: a second run on the same ``--out`` fails at once naming the holder's PID and host);
+  refuses to overwrite a run (``checkpoint.pt``) without ``--resume``; writes the resolved
+  ``config.yaml`` and the task's files (``prior.pt``, ``tokens.txt``), each atomically;
+  ``history.jsonl`` and ``train.log`` grow by whole appended lines;
 - distributed init (``torchrun``: WORLD_SIZE / RANK / LOCAL_RANK; gloo on CPU, nccl with
   ``device: cuda``, each rank on ``cuda:LOCAL_RANK``); only rank 0 writes files and logs;
 - the report loop: after the initial model and after every stretch of the driver, the task's
@@ -24,10 +27,12 @@ between-report work such as lattice regeneration), not the dev reports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from hfasr.errors import ConfigError, DataError, HfasrError
+from hfasr.fileio import DirLock, LockError, append_line, write_text
 from hfasr.optim.distributed import rank as dist_rank
 from hfasr.optim.distributed import world_size
 from hfasr.train.drivers import FirstOrderDriver, HFDriver, TrainingError
@@ -136,13 +142,29 @@ class Experiment:
         if self.rank != 0:
             return
         tqdm.write(text)
-        with (self.out / "train.log").open("a") as f:
-            f.write(text + "\n")
+        append_line(self.out / "train.log", text)
 
     def _write_history(self, mode: str, records: list[dict[str, Any]]) -> None:
+        """``history.jsonl``: ``"w"`` replaces it atomically with ``records``; ``"a"`` appends
+        them, one ``write`` per line (a kill leaves whole lines, at worst a torn last one that
+        readers skip and a resumed run rewrites from its checkpoint)."""
+        if self.rank != 0:
+            return
+        path = self.out / "history.jsonl"
+        if mode == "w":
+            write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        else:
+            for r in records:
+                append_line(path, json.dumps(r))
+
+    def write_config(self) -> None:
+        """The resolved config as ``config.yaml``, atomically (rank 0)."""
+        import yaml
+
+        from hfasr.config import _plain
+
         if self.rank == 0:
-            with (self.out / "history.jsonl").open(mode) as f:
-                f.writelines(json.dumps(r) + "\n" for r in records)
+            write_text(self.out / "config.yaml", yaml.safe_dump(_plain(self.cfg), sort_keys=False))
 
     # --- the loop -------------------------------------------------------------------------------
     def make_driver(self, task) -> Any:
@@ -155,8 +177,6 @@ class Experiment:
         """Train ``task`` with the configured driver, or continue with ``driver`` (one that an
         earlier call returned); stops early, at a report, once the training wall time reaches
         ``max_wall`` seconds. Returns the driver."""
-        from hfasr.config import save_config
-
         if driver is not None:
             return self._loop(task, driver, max_wall)
         driver = self.make_driver(task)
@@ -164,7 +184,7 @@ class Experiment:
             self.load_checkpoint(task, driver)
             self.log_line(f"# resumed from {self.ckpt} at update {driver.update}")
         if self.rank == 0:
-            save_config(self.cfg, self.out / "config.yaml")
+            self.write_config()
             task.write_files(self.out)
         if not self.history:
             self._write_history("w", [])
@@ -230,7 +250,7 @@ class Experiment:
         from hfasr.models import load_checkpoint
 
         st = load_checkpoint(self.ckpt)
-        if "driver" not in st or "config" not in st:
+        if "driver" not in st or not isinstance(st.get("config"), dict):
             raise DataError(f"{self.ckpt}: not a training checkpoint of this hfasr version (no driver state); "
                             "use another --out")
         old, new = st["config"], resume_view(self.cfg)
@@ -240,12 +260,19 @@ class Experiment:
             allowed = ", ".join(getattr(self.cfg, "RESUMABLE", ()))
             raise ConfigError(f"{self.ckpt} was written with a different config ({detail}); only {allowed} may "
                               "change on --resume (or use another --out)")
-        task.net.load_state_dict(st["state_dict"])
-        driver.load_state_dict(st["driver"])
-        task.load_state_dict(st["task"])
-        self.history = list(st["history"])
-        self.wall = float(st["wall"])
-        torch.set_rng_state(st["torch_rng"])
+        try:
+            task.net.load_state_dict(st["state_dict"])
+            driver.load_state_dict(st["driver"])
+            task.load_state_dict(st["task"])
+            self.history = [dict(h) for h in st["history"]]
+            self.wall = float(st["wall"])
+            torch.set_rng_state(st["torch_rng"])
+        except HfasrError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            # loaded safely (weights_only) but not the state of this run: a damaged or foreign file
+            raise DataError(f"{self.ckpt}: not a valid training checkpoint of this run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''}); use another --out") from e
         # history.jsonl may hold lines written after the checkpoint: rewrite it from the state
         self._write_history("w", self.history)
 
@@ -278,18 +305,76 @@ class Experiment:
         return path
 
 
+_TMP_NAME = re.compile(r"\.tmp\.(\d+)\.\d+$")  # hfasr.fileio.tmp_name: <name>.tmp.<pid>.<n>
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove the temporary files (``<name>.tmp.<pid>.<n>``) that killed runs left in ``out``
+    and ``out/models``: those of processes that no longer exist. Call it holding the dir's lock
+    (no live writer then). Returns the removed paths."""
+    removed = []
+    for d in (out, out / "models"):
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            m = _TMP_NAME.search(p.name)
+            if m is None or not p.is_file() or _alive(int(m.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    if removed:
+        log.info("removed %d temporary file(s) of killed runs in %s", len(removed), out)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by another user
+        return True
+    return True
+
+
+def lock_out_dir(lock: DirLock) -> None:
+    """One writer per experiment: rank 0 (the only rank that writes) takes the out dir's lock for
+    the whole run and removes the temporaries of killed runs; a second run on the same ``--out``
+    fails at once naming the holder. Under ``torchrun`` the outcome is broadcast, so that every
+    rank of a refused job stops with the same error (none waits at a barrier)."""
+    err: str | None = None
+    if dist_rank() == 0:
+        try:
+            lock.acquire()
+            remove_stale_temporaries(lock.dir)
+        except LockError as e:
+            err = str(e)
+        except OSError as e:
+            err = f"{lock.dir}: cannot create or lock the experiment dir: {e.strerror or e}"
+    if world_size() > 1:
+        box = [err]
+        torch.distributed.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        raise LockError(err)
+
+
 def run_experiment(cfg: Any, build_task: Callable[[Experiment], Any], out_dir: str | Path, resume: bool = False,
                    progress: bool = True) -> Experiment:
     """``hfasr train``: join the process group if launched by ``torchrun``, build the task
     (``build_task(experiment)`` loads data and the model), train, write ``final.pt``. Returns
     the experiment (``.history``, ``.wall``, ``.task``)."""
     created = init_distributed(cfg.device)
+    lock = DirLock(out_dir, f"hfasr train --criterion {cfg.criterion} --optimizer {cfg.optimizer}")
     try:
+        lock_out_dir(lock)
         exp = Experiment(cfg, out_dir, resume, progress)
         exp.task = build_task(exp)
         exp.driver = exp.run(exp.task)
         exp.save_final(exp.task)
         return exp
     finally:
+        lock.release()
         if created:
             torch.distributed.destroy_process_group()

@@ -20,17 +20,22 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hfasr.config import bounded, check_ranges
+
 
 @dataclass
 class NewBobConfig:
     """Options of the ``newbob`` schedule (the ``newbob:`` section; Kaldi nnet1 defaults)."""
 
-    start_halving_impr: float = 0.01  # start halving once the relative dev-loss improvement is below this
-    end_halving_impr: float = 0.001  # while halving, stop once it is below this
-    halving_factor: float = 0.5  # lr ← lr·factor per epoch while halving
+    start_halving_impr: float = bounded(0.01, ge=0)  # start halving once the relative dev-loss improvement is below this
+    end_halving_impr: float = bounded(0.001, ge=0)  # while halving, stop once it is below this
+    halving_factor: float = bounded(0.5, gt=0, le=1)  # lr ← lr·factor per epoch while halving
     keep_best: bool = True  # reject (undo) an epoch that does not lower the dev loss
-    keep_lr_epochs: int = 0  # first epochs always accepted, never halved
-    min_epochs: int = 0  # never stop before this many epochs
+    keep_lr_epochs: int = bounded(0, ge=0)  # first epochs always accepted, never halved
+    min_epochs: int = bounded(0, ge=0)  # never stop before this many epochs
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass

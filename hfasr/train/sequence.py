@@ -27,7 +27,6 @@ updates (SGD: reports); the lattices are then part of the checkpoint.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +35,14 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from hfasr.config import TORCH_DEVICE, bounded, check_ranges
 from hfasr.criteria.sequence import SeqSupervision, SequenceConfig, SequenceCriterion
 from hfasr.data.batching import Batch, make_batches, pad_batch
 from hfasr.data.utterances import Utterances, UtteranceSet
 from hfasr.errors import ConfigError, DataError
 from hfasr.optim import HFConfig
 from hfasr.train.drivers import FirstOrderConfig, HFTrainConfig
-from hfasr.train.task import Task
+from hfasr.train.task import Task, check_features
 
 log = logging.getLogger(__name__)
 
@@ -72,29 +72,28 @@ class SeqTrainConfig:
     # summed (not averaged) utterance gradient, learning rate 1e-5, no momentum, 4 epochs
     sgd: FirstOrderConfig = field(default_factory=lambda: FirstOrderConfig(
         lr=1e-5, momentum=0.0, epochs=4, reports_per_epoch=4, loss="sum"))
-    max_frames: int = 20000  # padded frames per forward/backward batch (HF passes, dev evaluation)
+    max_frames: int = bounded(20000, ge=1)  # padded frames per forward/backward batch (HF passes, dev evaluation)
     train_split: str = "train"
     dev_split: str = "dev"
-    regenerate_every: int = 0  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
+    regenerate_every: int = bounded(0, ge=0)  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
     dev_wer: bool = True  # decode the dev set at every report (needs graph_dir / model_dir)
-    decode_acoustic_scale: float = 0.1  # acoustic scale of those dev decodes
+    decode_acoustic_scale: float = bounded(0.1, gt=0)  # acoustic scale of those dev decodes
     keep_models: bool = False  # also write models/<update>.pt at every report (as Kaldi's per-epoch nnets)
     # final.pt: "last" = the last accepted report's model; "dev_wer" = the report with the lowest
     # dev WER (the earliest of equals; needs keep_models and dev_wer), i.e. the number of updates
     # chosen on the dev set
     select: Literal["last", "dev_wer"] = "last"
-    seed: int = 0
-    num_threads: int = 0  # torch threads; 0 = torch's default
-    device: str = "cpu"
+    seed: int = bounded(0, ge=0)
+    num_threads: int = bounded(0, ge=0)  # torch threads; 0 = torch's default
+    device: str = bounded("cpu", **TORCH_DEVICE)  # cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.criterion not in SEQUENCE_CRITERIA:
             raise ValueError(f"unknown sequence criterion '{self.criterion}' (known: {', '.join(SEQUENCE_CRITERIA)})")
         if self.optimizer not in ("hf", "sgd"):
             raise ValueError(f"sequence training supports optimizers hf and sgd, got '{self.optimizer}'")
         self.sequence.criterion = self.criterion  # type: ignore[assignment]
-        if self.max_frames < 1:
-            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
         if self.select not in ("last", "dev_wer"):
             raise ValueError(f"select must be last or dev_wer, got {self.select!r}")
         if self.select == "dev_wer" and not (self.keep_models and self.dev_wer):
@@ -120,8 +119,7 @@ def load_seq_data(data_dir: str | Path, task: str, split: str, ali_dir: str | Pa
     """Features + alignment (``FrameData``) + lattice of every cut that has all three, as an
     :class:`~hfasr.data.utterances.UtteranceSet` whose supervisions are
     :class:`~hfasr.criteria.sequence.SeqSupervision`."""
-    from lhotse import load_manifest
-
+    from hfasr.data.corpora import load_cuts
     from hfasr.data.frames import FrameData, FrameDataConfig, feats_manifest_path
 
     fd = FrameData.load(data_dir, task, split, ali_dir, FrameDataConfig(drop_unaligned=True), progress=progress)
@@ -129,7 +127,7 @@ def load_seq_data(data_dir: str | Path, task: str, split: str, ali_dir: str | Pa
         raise DataError(f"{ali_dir}/ali_{split}.pt has no phone alignment ('phones'); rerun `hfasr gmm`")
     lats = dict(zip(lat_file["cut_ids"], lat_file["lattices"]))
     texts = {c.id: " ".join(s.text for s in c.supervisions)
-             for c in load_manifest(feats_manifest_path(data_dir, task, split))}
+             for c in load_cuts(feats_manifest_path(data_dir, task, split))}
     ids, utts, skipped = [], [], []
     for u, cid in enumerate(fd.cut_ids):
         lat = lats.get(cid)
@@ -209,6 +207,9 @@ class SequenceTask(Task):
     def __init__(self, cfg: SeqTrainConfig, model, log_prior: Tensor, lat_meta: dict, train: UtteranceSet,
                  dev: UtteranceSet, device: torch.device, graph_dir: str | Path | None = None,
                  model_dir: str | Path | None = None, progress: bool = True) -> None:
+        # non-finite or absurd features: an error naming the cut, before any training
+        check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'")
+        check_features(dev.cut_ids, dev.feats, f"split '{cfg.dev_split}'")
         self.cfg, self.train, self.dev, self.device = cfg, train, dev, device
         self.run_name = cfg.run_name
         self.net = self.model = model.to(device)
@@ -226,6 +227,8 @@ class SequenceTask(Task):
         if cfg.regenerate_every and not lat_meta.get("graph"):
             raise ConfigError("regenerate_every needs the lattice dir's weak-LM graph (graph_weak/HCLG.fst)")
         self.train_data = seq_examples(train.utts, cfg.max_frames, device, train.cut_ids)
+        # the dev set as HF's held-out data (hf.heldout_data: dev)
+        self.dev_data = seq_examples(dev.utts, cfg.max_frames, device, dev.cut_ids)
 
     def minibatches(self, generator: torch.Generator) -> list[list[int]]:
         """Kaldi nnet1's order: one utterance per minibatch, shuffled."""
@@ -309,7 +312,9 @@ class SequenceTask(Task):
         return f"{len(self.train)} train utterances ({self.train.num_frames} frames), {len(self.dev)} dev"
 
     def write_files(self, out: Path) -> None:
-        shutil.copyfile(self.prior_path, out / "prior.pt")
+        from hfasr.fileio import write_bytes
+
+        write_bytes(out / "prior.pt", Path(self.prior_path).read_bytes())  # the CE model's, atomically
 
     def final_info(self) -> dict[str, Any]:
         return {"init": str(self.init)}

@@ -1,0 +1,7 @@
+"""``python -m hfasr``: the ``hfasr`` command."""
+
+import sys
+
+from hfasr.cli import main
+
+sys.exit(main())
