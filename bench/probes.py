@@ -221,6 +221,7 @@ class Probe:
     watch: list[str] = field(default_factory=list)  # dirs (relative) that a failure must leave unchanged
     must_name: str = ""  # a string the error must contain (file / utterance / key); "" = any
     shell_prefix: str = ""
+    rerun_ok: bool = False  # after the error, the same command without shell_prefix (disk freed) must succeed
 
 
 def _evil(rel: str, cmd: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
@@ -337,14 +338,15 @@ def _loglikes_nan(ws: Path) -> list[str]:
 
 def _concurrent(ws: Path) -> list[str]:
     """Start a CE run on exp/conc in the background; the probe's command is a second one."""
-    first = subprocess.Popen(ce_cmd(ws, "conc", ["--epochs", "6"]), cwd=ws, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    (ws / "conf" / "long.yaml").write_text(TINY["train_ce.yaml"].replace("epochs: 2", "epochs: 150") + "lr_schedule: constant\n")
+    first = subprocess.Popen([*ce_cmd(ws, "conc")[:-3], "--config", str(ws / "conf" / "long.yaml"), "--quiet"], cwd=ws,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
     (ws / "first.pid").write_text(str(first.pid))
     deadline = time.time() + 120
     while time.time() < deadline and not (ws / "exp" / "conc" / "config.yaml").exists():
         time.sleep(0.2)
     _BG[str(ws)] = first
-    return ce_cmd(ws, "conc", ["--epochs", "6", "--seed", "3"])
+    return [*ce_cmd(ws, "conc")[:-3], "--config", str(ws / "conf" / "long.yaml"), "--quiet", "--resume"]
 
 
 _BG: dict[str, subprocess.Popen] = {}
@@ -414,8 +416,8 @@ def probes() -> list[Probe]:
         P("partial outputs", "features: empty split", _empty_split, watch=["data2"], must_name="test"),
         P("partial outputs", "features: full disk", lambda w: (_fresh_prepared(w), _features_cmd(w, "data2"))[1],
           ok_if_exit0=lambda w, r: _manifests_ok(w), watch=["data2"], shell_prefix="trap '' XFSZ; ulimit -f 8;"),
-        P("partial outputs", "train: full disk at checkpoint", lambda w: ce_cmd(w, "ce_disk"), watch=["exp/ce_disk"],
-          shell_prefix="trap '' XFSZ; ulimit -f 30;"),
+        P("partial outputs", "train: full disk at checkpoint", lambda w: ce_cmd(w, "ce_disk", ["--resume"]),
+          shell_prefix="trap '' XFSZ; ulimit -f 30;", rerun_ok=True, must_name="checkpoint.pt"),
         P("partial outputs", "lang: full disk", lambda w: [HFASR, "lang", "--data-dir", str(w / "data"), "--task", "yesno",
                                                            "--out", str(w / "exp" / "lang"), "--config",
                                                            str(w / "conf" / "lang.yaml")],
@@ -498,7 +500,7 @@ def classify(p: Probe, ws: Path, r: subprocess.CompletedProcess, before: dict) -
         tb = [ln for ln in err.splitlines() if ln and not ln.startswith(" ")]
         return "TRACEBACK", (tb[-1] if tb else detail)[:160]
     if p.name == "two trains on one --out":
-        ok = r.returncode != 0 and bool(last) and _concurrent_ok(ws)
+        ok = r.returncode != 0 and bool(last) and p.must_name in last[-1] and _concurrent_ok(ws)
         return ("clean error" if ok else "WRONG"), detail
     if r.returncode == 0:
         if p.ok_if_exit0 is not None and p.ok_if_exit0(ws, r):
@@ -517,7 +519,19 @@ def classify(p: Probe, ws: Path, r: subprocess.CompletedProcess, before: dict) -
     tmps = temp_files(ws / "exp") + temp_files(ws / "data") + [t for t in (temp_files(ws / "data2") if (ws / "data2").exists() else [])]
     if tmps:
         return "WRONG", f"temp files left: {tmps[:3]}; {detail}"
+    if p.rerun_ok:
+        again = run(_unprefixed(r) if r.args[0] == "bash" else list(r.args), ws)
+        if again.returncode != 0:
+            return "WRONG", f"the rerun after the error failed: {(again.stderr.strip().splitlines() or [''])[-1][:120]}"
     return "clean error", detail
+
+
+def _unprefixed(r: subprocess.CompletedProcess) -> list[str]:
+    """The hfasr command of a ``bash -c 'PREFIX cmd...'`` run, without the prefix."""
+    import shlex
+
+    line = r.args[2]
+    return shlex.split(line[line.index(f"'{HFASR}'"):])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,7 +151,8 @@ def save_torch(obj: Any, path: str | Path, fsync: bool = True) -> None:
             with open(tmp, "wb") as f:
                 torch.save(obj, f)
         except RuntimeError as e:  # torch's writer reports a full disk as RuntimeError
-            raise DataError(f"{path}: cannot write ({e}); the previous version (if any) is unchanged") from e
+            raise DataError(f"{path}: cannot write the file (is the disk full or a file size limit hit? "
+                            f"torch: {str(e).strip()[:120]}); the previous version (if any) is unchanged") from e
 
 
 def load_torch(path: str | Path, what: str, keys: Sequence[str] = (), map_location: Any = "cpu") -> Any:

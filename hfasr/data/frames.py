@@ -65,10 +65,9 @@ def load_alignment(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"alignment file not found: {path}; run `hfasr gmm` first")
-    try:
-        ali = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read alignment file: {e}") from e
+    from hfasr.fileio import load_torch
+
+    ali = load_torch(path, "an alignment file written by `hfasr gmm` or `hfasr align`")
     need = ("cut_ids", "pdfs", "num_pdfs")
     if not isinstance(ali, dict) or any(k not in ali for k in need):
         raise DataError(f"{path}: expected a dict with keys {list(need)} (+ 'tids', 'phones')")

@@ -89,17 +89,11 @@ class DecoderConfig:
 
 
 def read_graph(path: str | Path) -> Fst:
-    """Read an HCLG written with ``fst.write(path)`` (OpenFst binary); DataError if missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"decoding graph not found: {path}")
-    try:
-        fst = kaldifst.StdVectorFst.read(str(path))
-    except Exception as e:
-        raise DataError(f"{path}: cannot read as an OpenFst StdVectorFst: {e}") from e
-    if fst is None:
-        raise DataError(f"{path}: cannot read as an OpenFst StdVectorFst")
-    return fst
+    """Read an HCLG written with ``fst.write(path)`` (OpenFst binary); DataError naming the file
+    if missing, truncated or not an FST (:func:`hfasr._kaldi.read_fst`)."""
+    from hfasr._kaldi import read_fst
+
+    return read_fst(path, "a decoding graph (HCLG) written by `hfasr gmm`")
 
 
 def _numpy(x: torch.Tensor | np.ndarray, dtype=None) -> np.ndarray:
