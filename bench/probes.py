@@ -565,8 +565,19 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if args.out:
+        import platform
+        import subprocess as sp
+
+        rev = sp.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True,
+                     check=False).stdout.strip()
+        head = (f"# bench/probes.py: hostile-user probes of the command line\n\n"
+                f"`python bench/probes.py --work {args.work} --out {args.out}`, "
+                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+                f"Python {platform.python_version()}, hfasr {rev}. Outcomes: `clean error` = exit 2 with an "
+                f"`error:` line naming the item, no traceback, the watched outputs unchanged and no temporary "
+                f"file left; `handled` = exit 0 with a correct result. Full disks are `ulimit -f` limits.\n\n")
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        args.out.write_text(head + text)
     bad = [r for r in rows if r[2] not in ("clean error", "handled")]
     return 1 if bad else 0
 

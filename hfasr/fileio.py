@@ -202,6 +202,15 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
         publish(tmp, final)
     except OSError as e:
         raise _disk_error(final, e) from e
+    except HfasrError as e:  # name the published path, not the hidden staging one
+        msg = str(e).replace(str(tmp), str(final))
+        if msg == str(e):
+            raise
+        try:
+            renamed = type(e)(msg)
+        except TypeError:
+            raise e from None
+        raise renamed from e
     finally:
         _unlink_quiet(tmp)
 

@@ -136,3 +136,10 @@ def test_save_torch_full_disk_is_a_clean_error(tmp_path, monkeypatch):
         save_torch({"a": torch.zeros(2)}, p)
     assert torch.equal(load_torch(p, "x")["a"], torch.ones(2))
     assert sorted(x.name for x in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_staged_dir_errors_name_the_published_path(tmp_path):
+    final = tmp_path / "lang"
+    with pytest.raises(DataError) as e, staged_dir(final) as d:
+        raise DataError(f"{d / 'G.fst'}: no space left on the device")
+    assert str(e.value) == f"{final / 'G.fst'}: no space left on the device"
