@@ -39,7 +39,7 @@ def test_builtin_lexicon_files_are_up_to_date():
         "alnum.txt", "digits.txt", "yesno.txt"]
     for name, lex in lexicons.items():
         on_disk = Lexicon.read(lexicon_dir() / name)
-        assert on_disk.prons == lex.prons, f"data/lang/{name} is stale: run `python -m hfasr.lang.lexicon`"
+        assert on_disk.prons == lex.prons, f"hfasr/resources/lang/{name} is stale: run `python -m hfasr.lang.lexicon`"
 
 
 def test_alnum_lexicon_letter_names_and_coverage():

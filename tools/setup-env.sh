@@ -16,7 +16,8 @@ fi
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   echo "setup-env: installing hfasr and its dependencies (first time: several minutes)" >&2
   "$venv/bin/python" -m pip install -q --upgrade pip >&2 || true
-  "$venv/bin/python" -m pip install -q -e "$root[dev]" >&2
+  # the tensorboard extra (hfasr train --tensorboard; tests/test_tensorboard.py): wheels only, seconds
+  "$venv/bin/python" -m pip install -q -e "$root[dev,tensorboard]" >&2
   "$venv/bin/python" -c "import hfasr._kaldi, torchaudio, lhotse" >&2
   touch "$stamp"
 fi

@@ -1,14 +1,14 @@
 """``hfasr lang --data-dir D --task T --out LANGDIR``: lexicon, phone/word tables, topology, L, G.
 
-The lexicon is ``--lexicon FILE`` (``WORD PHONE...`` lines) if given, else the built-in one of
-the known tasks (yesno, fsdd_*, synth; ``data/lang/``), else the corpus's own dictionary that
-``hfasr prepare`` wrote as ``<data-dir>/<task>_lexicon.txt`` (an4); other tasks (LibriSpeech,
-TIMIT) need ``--lexicon``. Every word of the train/dev/test transcripts must be in the lexicon.
-The n-gram LM (G) and the weak unigram LM (G_weak) are trained on the training transcripts; the
-OOV rate (w.r.t. the words of the LM training text) and the perplexity of G on the dev and test
-transcripts are printed and written to ``LANGDIR/lm_stats.txt``. The files are published
-together once all are written (a failed run leaves LANGDIR as it was); a second run on the same
-LANGDIR fails at once while one holds it.
+The lexicon is ``--lexicon FILE`` (``WORD PHONE...`` lines) if given, else the built-in one of the
+known tasks (yesno, fsdd_*, synth; package data in ``hfasr/resources/lang/``), else the corpus's
+own dictionary that ``hfasr prepare`` wrote as ``<data-dir>/<task>_lexicon.txt`` (an4); other
+tasks (LibriSpeech, TIMIT) need ``--lexicon``. Every word of the train/dev/test transcripts must
+be in the lexicon. The n-gram LM (G) and the weak unigram LM (G_weak) are trained on the training
+transcripts; the OOV rate (w.r.t. the words of the LM training text) and the perplexity of G on
+the dev and test transcripts are printed and written to ``LANGDIR/lm_stats.txt``. The files are
+published together once all are written (a failed run leaves LANGDIR as it was); a second run on
+the same LANGDIR fails at once while one holds it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,11 @@ flag                      ``ce`` (TrainConfig)   ``mmi|bmmi|mpe|smbr``      ``ct
 (phone units). Every run writes ``config.yaml`` (resolved), ``train.log``, ``history.jsonl``
 (one record per report, for ``hfasr report``), ``checkpoint.pt`` (atomic, after every report)
 and ``final.pt``; ``--resume`` continues a killed run exactly. Under ``torchrun`` HF training
-runs distributed (``torchrun --nproc-per-node N $(which hfasr) train ...``).
+runs distributed (``torchrun --nproc-per-node N $(which hfasr) train ...``). ``--tensorboard DIR``
+(optional package: ``pip install 'hfasr[tensorboard]'``) also writes the history's curves as
+TensorBoard scalars in DIR (``dev/obj``, ``dev/wer``, ``train/obj``, ``hf/damping``, ...: step =
+the record's ``update``, walltime = the run's start + ``wall_s``); it is not part of the config,
+so a run may be resumed with or without it.
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", type=Path, help="sequence: GMM dir (final.mdl) for the dev WER reports")
     p.add_argument("--lang", type=Path, help="ctc with phone units: lang dir whose lexicon.txt gives the phones")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="also write the training curves (every numeric history.jsonl field per report) as "
+                   "TensorBoard scalars in DIR; needs pip install 'hfasr[tensorboard]'; --resume continues DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -124,9 +131,22 @@ def load_train_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from hfasr.errors import HfasrError
+    from hfasr.train.experiment import tensorboard_logging
 
     cfg = load_train_config(args)
+    with tensorboard_logging(getattr(args, "tensorboard", None)):  # checks the tensorboard package first
+        exp = _train(args, cfg)
+    last = exp.final_record()
+    metrics = ", ".join(f"{name} {last[k]:.5g}" for k, name in
+                        (("dev_obj", "dev objective"), ("dev_acc", "dev frame accuracy"), ("dev_wer", "dev WER"))
+                        if k in last)
+    if exp.rank == 0:
+        print(f"{args.out}/final.pt: {cfg.run_name}, update {last['update']}, {exp.wall:.1f} s, {metrics}")
+
+
+def _train(args: argparse.Namespace, cfg):
+    from hfasr.errors import HfasrError
+
     kind = kind_of(cfg.criterion)
     progress = not args.quiet
     if kind == "ce":
@@ -152,12 +172,7 @@ def run(args: argparse.Namespace) -> None:
         exp = run_sequence_training(cfg, args.data_dir, args.task, args.ali_dir, args.lat_dir, args.init, args.out,
                                     graph_dir=args.graph_dir, model_dir=args.model_dir, resume=args.resume,
                                     progress=progress)
-    last = exp.final_record()
-    metrics = ", ".join(f"{name} {last[k]:.5g}" for k, name in
-                        (("dev_obj", "dev objective"), ("dev_acc", "dev frame accuracy"), ("dev_wer", "dev WER"))
-                        if k in last)
-    if exp.rank == 0:
-        print(f"{args.out}/final.pt: {cfg.run_name}, update {last['update']}, {exp.wall:.1f} s, {metrics}")
+    return exp
 
 
 def _config_criterion(path: Path | None) -> str | None:

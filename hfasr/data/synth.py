@@ -4,7 +4,7 @@ Nothing is downloaded: utterances are synthesized with the eSpeak NG library and
 in the ``espeakng_loader`` package (called through :mod:`ctypes`). The task imitates CMU's AN4
 census corpus: spelled words (``C A T S``), digit strings (``FOUR OH SEVEN``), commands
 (``ENTER FIVE NINE``) and letter+digit codes (``A B ONE TWO``). The vocabulary and the prompt
-grammar live in ``data/synth/vocab.yaml`` at the top of the repository (see that file).
+grammar live in ``hfasr/resources/synth/vocab.yaml`` (package data; see that file).
 
 Each utterance gets, from its own random generator (seeded from ``(seed, split, index)`` only):
 
@@ -67,7 +67,7 @@ import yaml
 from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
 from lhotse.utils import fastcopy
 
-import hfasr
+from hfasr import resources
 from hfasr.config import bounded, check_ranges, limits, ordered, require
 from hfasr.errors import DataError
 
@@ -83,8 +83,8 @@ DEFAULT_LANGUAGES = [
 
 
 def default_vocab_path() -> Path:
-    """``data/synth/vocab.yaml`` at the top of the repository that holds the ``hfasr`` package."""
-    return Path(hfasr.__file__).resolve().parents[1] / "data" / "synth" / "vocab.yaml"
+    """``hfasr/resources/synth/vocab.yaml``, shipped inside the package (package data)."""
+    return resources.path("synth/vocab.yaml")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class SynthConfig:
                                     metadata=limits(nonempty=True))
     test_variants: list[str] = field(default_factory=lambda: ["m7", "m8", "f5", "klatt5", "steph"],
                                      metadata=limits(nonempty=True))
-    vocab: Path | None = None  # vocabulary/grammar YAML; None = data/synth/vocab.yaml
+    vocab: Path | None = None  # vocabulary/grammar YAML; None = the built-in hfasr/resources/synth/vocab.yaml
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -4,9 +4,10 @@ A lexicon file has one pronunciation per line, ``WORD PHONE1 PHONE2 ...`` (Kaldi
 ``lexicon.txt``); a word with several pronunciations has several lines. Lines that are empty or
 start with ``;;`` are ignored.
 
-The built-in tasks use the small versioned lexicons in the top-level ``data/lang/`` folder
-(:func:`builtin_lexicon_path`): ``yesno.txt`` (one phone per word, as Kaldi's yesno recipe),
-``digits.txt`` (FSDD) and ``alnum.txt`` (the synth task's letters, digits and command words).
+The built-in tasks use the small versioned lexicons shipped as package data in
+``hfasr/resources/lang/`` (:func:`builtin_lexicon_path`): ``yesno.txt`` (one phone per word, as
+Kaldi's yesno recipe), ``digits.txt`` (FSDD) and ``alnum.txt`` (the synth task's letters, digits
+and command words).
 The last two are made from CMUdict by :func:`cmudict_lexicon` (stress digits stripped, letters as
 their letter names); :func:`builtin_lexicons` regenerates them and a test checks that the
 versioned files are up to date.
@@ -21,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hfasr
+from hfasr import resources
 from hfasr.errors import DataError
 from hfasr.fileio import write_text
 
@@ -48,8 +49,8 @@ _STRESS = re.compile(r"^([A-Z]+)[012]$")
 
 
 def lexicon_dir() -> Path:
-    """The versioned lexicons: ``<repo>/data/lang``."""
-    return Path(hfasr.__file__).resolve().parents[1] / "data" / "lang"
+    """The versioned lexicons: ``hfasr/resources/lang`` (package data)."""
+    return resources.path("lang")
 
 
 def strip_stress(phone: str) -> str:
@@ -158,10 +159,10 @@ def cmudict_lexicon(words: Iterable[str]) -> Lexicon:
 
 
 def synth_vocabulary() -> list[str]:
-    """All words of the synth task (``data/synth/vocab.yaml`` classes)."""
+    """All words of the synth task (``hfasr/resources/synth/vocab.yaml`` classes)."""
     import yaml
 
-    path = lexicon_dir().parent / "synth" / "vocab.yaml"
+    path = resources.path("synth/vocab.yaml")
     if not path.is_file():
         raise DataError(f"synth vocabulary not found: {path}")
     classes = yaml.safe_load(path.read_text())["classes"]
@@ -182,7 +183,7 @@ def builtin_lexicons() -> dict[str, Lexicon]:
 
 
 def write_builtin_lexicons(dest: Path | None = None) -> None:
-    """Regenerate ``data/lang/*.txt`` (``python -m hfasr.lang.lexicon``)."""
+    """Regenerate ``hfasr/resources/lang/*.txt`` (``python -m hfasr.lang.lexicon``)."""
     dest = dest or lexicon_dir()
     dest.mkdir(parents=True, exist_ok=True)
     for name, lex in builtin_lexicons().items():

@@ -74,9 +74,9 @@ def read_transcripts(data_dir: Path, task: str, split: str) -> tuple[list[tuple[
 def find_lexicon(data_dir: Path, task: str, lexicon: str | Path | None = None) -> tuple[Path, bool]:
     """The lexicon file of ``task`` and whether it is a built-in one.
 
-    In order: ``lexicon`` (given by the user), the task's built-in lexicon (``data/lang/``),
-    ``<data_dir>/<task>_lexicon.txt`` (the corpus's own dictionary, written by ``hfasr prepare``,
-    e.g. AN4's). Raises DataError when there is none.
+    In order: ``lexicon`` (given by the user), the task's built-in lexicon (package data,
+    ``hfasr/resources/lang/``), ``<data_dir>/<task>_lexicon.txt`` (the corpus's own dictionary,
+    written by ``hfasr prepare``, e.g. AN4's). Raises DataError when there is none.
     """
     if lexicon is not None:
         return Path(lexicon), False

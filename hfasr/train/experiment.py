@@ -19,7 +19,11 @@
   its class does not declare resumable (``RESUMABLE``);
 - errors: a non-finite loss or dev objective stops with ``error:`` naming the update or
   minibatch (and its utterances where known); the last checkpoint stays intact;
-- ``final.pt``: the model of the last accepted report, with the task's decoding metadata.
+- ``final.pt``: the model of the last accepted report, with the task's decoding metadata;
+- TensorBoard (optional, ``hfasr train --tensorboard DIR``; needs the ``tensorboard`` package):
+  rank 0 also writes every numeric field of each record as a scalar (:data:`TB_TAGS`) at step
+  ``update`` (the x of ``hfasr report``) with walltime = the run's start + ``wall_s``, flushed at
+  every report; a resumed run continues the same DIR (``purge_step``: no duplicate steps).
 
 ``wall_s`` in the history counts training time only (the driver's stretches and the task's
 between-report work such as lattice regeneration), not the dev reports.
@@ -28,6 +32,7 @@ between-report work such as lattice regeneration), not the dev reports.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import math
@@ -57,6 +62,40 @@ log = logging.getLogger(__name__)
 RECORD_KEYS = ("run", "criterion", "optimizer", "model", "update", "epoch", "note", "lr", "train_obj",
                "heldout_obj", "dev_obj", "dev_acc", "dev_wer", "dev_ter", "damping", "cg_iters", "rho", "gv_products",
                "accepted", "wall_s")
+
+# ``--tensorboard``: the scalar tag of each numeric history.jsonl field (step: the record's update)
+TB_TAGS = {"epoch": "train/epoch", "lr": "train/lr", "train_obj": "train/obj", "heldout_obj": "heldout/obj",
+           "dev_obj": "dev/obj", "dev_acc": "dev/acc", "dev_wer": "dev/wer", "dev_ter": "dev/ter",
+           "damping": "hf/damping", "cg_iters": "hf/cg_iters", "rho": "hf/rho", "gv_products": "hf/gv_products",
+           "accepted": "train/accepted", "wall_s": "train/wall_s"}
+
+# the TensorBoard dir of the runs started by :func:`run_experiment` inside :func:`tensorboard_logging`
+_TENSORBOARD_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("hfasr_tensorboard_dir",
+                                                                              default=None)
+
+
+def summary_writer_class() -> type:
+    """``torch.utils.tensorboard.SummaryWriter``, or a :class:`ConfigError` if the optional
+    ``tensorboard`` package is missing (``--tensorboard`` checks it before training starts)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError(f"--tensorboard needs the tensorboard package ({e}): pip install "
+                          "'hfasr[tensorboard]'") from None
+    return SummaryWriter
+
+
+@contextlib.contextmanager
+def tensorboard_logging(tb_dir: str | Path | None):
+    """Within this block :func:`run_experiment` also logs the curves to TensorBoard in ``tb_dir``
+    (None: not). A run option, not part of the config: ``--resume`` works with or without it."""
+    if tb_dir is not None:
+        summary_writer_class()
+    token = _TENSORBOARD_DIR.set(None if tb_dir is None else Path(tb_dir))
+    try:
+        yield
+    finally:
+        _TENSORBOARD_DIR.reset(token)
 
 
 # ---------------------------------------------------------------------------------------- config view
@@ -107,9 +146,11 @@ def _barrier() -> None:
 class Experiment:
     """One training run in ``out_dir`` (module docstring). ``cfg`` needs ``criterion``,
     ``optimizer``, ``seed``, ``num_threads``, ``device``, an ``hf`` section, ``first_order()``,
-    ``RESUMABLE`` and ``unused_sections()``."""
+    ``RESUMABLE`` and ``unused_sections()``. ``tensorboard_dir``: also write the curves there
+    (:meth:`tb_open`); the ``tensorboard`` package is checked here, on every rank."""
 
-    def __init__(self, cfg: Any, out_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, cfg: Any, out_dir: str | Path, resume: bool = False, progress: bool = True,
+                 tensorboard_dir: str | Path | None = None) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.ckpt = self.out / "checkpoint.pt"
@@ -119,6 +160,11 @@ class Experiment:
             raise HfasrError(f"{self.out} already holds a training run (checkpoint.pt): pass --resume to continue "
                              "it, or choose another --out")
         self.resume = resume and self.ckpt.is_file()
+        self.tensorboard_dir = None if tensorboard_dir is None else Path(tensorboard_dir)
+        self._tb: Any = None  # the SummaryWriter (rank 0, while open)
+        self._tb_base = 0.0  # the walltime of wall_s 0
+        if self.tensorboard_dir is not None:
+            summary_writer_class()
         _barrier()  # every rank has checked before rank 0 writes anything
         self.device = torch.device(cfg.device)
         if self.device.type == "cuda":
@@ -157,6 +203,66 @@ class Experiment:
             for r in records:
                 append_line(path, json.dumps(r))
 
+    def tb_open(self) -> None:
+        """Open the TensorBoard writer (rank 0, with ``tensorboard_dir``; no-op if open). Event
+        walltimes are ``base + wall_s``, base = the run's start: now for a new run; on a resumed
+        run, read back from the dir's events (else now - the training time so far). A resumed
+        run writes from the step after its checkpoint's (``purge_step``: TensorBoard drops the
+        points that a killed run wrote after it); a dir without events gets the whole history;
+        a new run in a dir with events hides them all (``purge_step=0``)."""
+        if self.tensorboard_dir is None or self.rank != 0 or self._tb is not None:
+            return
+        writer_cls = summary_writer_class()
+        d = self.tensorboard_dir
+        has_events = d.is_dir() and any(p.is_file() for p in d.glob("events.out.tfevents.*"))
+        base = time.time() - self.wall
+        if has_events and self.history:
+            base = self._tb_read_base(d, base)
+        self._tb_base = base
+        purge = (self.history[-1]["update"] + 1 if self.history else 0) if has_events else None
+        try:
+            self._tb = writer_cls(str(d), purge_step=purge)
+        except OSError as e:
+            raise HfasrError(f"--tensorboard {d}: cannot create the dir or its event file: {e.strerror or e}") \
+                from None
+        if not has_events:
+            for rec in self.history:
+                self._tb_write(rec)
+            self._tb.flush()
+
+    def _tb_read_base(self, d: Path, default: float) -> float:
+        """The run's start as the earlier events of ``d`` give it: walltime - wall_s at a step of
+        the resumed history (``default`` if none matches)."""
+        from google.protobuf.message import DecodeError
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        walls = {h["update"]: h["wall_s"] for h in self.history}
+        try:
+            acc = EventAccumulator(str(d), size_guidance={"scalars": 0})
+            acc.Reload()
+            events = acc.Scalars(TB_TAGS["dev_obj"]) if TB_TAGS["dev_obj"] in acc.Tags()["scalars"] else []
+        except (OSError, ValueError, KeyError, RuntimeError, DecodeError) as e:
+            # unreadable events: the new points still come, on the current clock
+            log.warning("%s: cannot read the earlier TensorBoard events (%s); walltimes restart from now", d, e)
+            return default
+        for ev in events:
+            if ev.step in walls:
+                return ev.wall_time - walls[ev.step]
+        return default
+
+    def _tb_write(self, rec: dict[str, Any]) -> None:
+        walltime = self._tb_base + float(rec.get("wall_s", 0.0))
+        for key, tag in TB_TAGS.items():
+            v = rec.get(key)
+            if isinstance(v, (bool, int, float)):
+                self._tb.add_scalar(tag, float(v), global_step=int(rec["update"]), walltime=walltime)
+
+    def close(self) -> None:
+        """Close the TensorBoard writer if open (at the end of a run, and on an error)."""
+        if self._tb is not None:
+            tb, self._tb = self._tb, None
+            tb.close()
+
     def write_config(self) -> None:
         """The resolved config as ``config.yaml``, atomically (rank 0)."""
         import yaml
@@ -176,13 +282,22 @@ class Experiment:
     def run(self, task, max_wall: float | None = None, driver: Any = None) -> Any:
         """Train ``task`` with the configured driver, or continue with ``driver`` (one that an
         earlier call returned); stops early, at a report, once the training wall time reaches
-        ``max_wall`` seconds. Returns the driver."""
+        ``max_wall`` seconds. Returns the driver. An error closes the TensorBoard writer."""
+        try:
+            return self._run(task, max_wall, driver)
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, task, max_wall: float | None, driver: Any) -> Any:
         if driver is not None:
+            self.tb_open()
             return self._loop(task, driver, max_wall)
         driver = self.make_driver(task)
         if self.resume:
             self.load_checkpoint(task, driver)
             self.log_line(f"# resumed from {self.ckpt} at update {driver.update}")
+        self.tb_open()
         if self.rank == 0:
             self.write_config()
             task.write_files(self.out)
@@ -221,6 +336,9 @@ class Experiment:
         rec = {k: rec[k] for k in RECORD_KEYS if rec.get(k) is not None}
         self.history.append(rec)
         self._write_history("a", [rec])
+        if self._tb is not None:
+            self._tb_write(rec)
+            self._tb.flush()
         parts = " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
                          if k not in ("run", "criterion", "optimizer", "model"))
         self.log_line(f"report {task.run_name} {parts}")
@@ -302,6 +420,7 @@ class Experiment:
                        **info, **task.final_info())
         metrics = " ".join(f"{k}={last[k]:.6g}" for k in ("dev_obj", "dev_acc", "dev_wer") if k in last)
         self.log_line(f"# final.pt: update {last['update']} {metrics} wall_s={self.wall:.1f}")
+        self.close()
         return path
 
 
@@ -361,20 +480,26 @@ def lock_out_dir(lock: DirLock) -> None:
 
 
 def run_experiment(cfg: Any, build_task: Callable[[Experiment], Any], out_dir: str | Path, resume: bool = False,
-                   progress: bool = True) -> Experiment:
+                   progress: bool = True, tensorboard_dir: str | Path | None = None) -> Experiment:
     """``hfasr train``: join the process group if launched by ``torchrun``, build the task
     (``build_task(experiment)`` loads data and the model), train, write ``final.pt``. Returns
-    the experiment (``.history``, ``.wall``, ``.task``)."""
+    the experiment (``.history``, ``.wall``, ``.task``). ``tensorboard_dir`` (default: that of
+    the enclosing :func:`tensorboard_logging` block): also log the curves there."""
+    if tensorboard_dir is None:
+        tensorboard_dir = _TENSORBOARD_DIR.get()
     created = init_distributed(cfg.device)
     lock = DirLock(out_dir, f"hfasr train --criterion {cfg.criterion} --optimizer {cfg.optimizer}")
+    exp = None
     try:
         lock_out_dir(lock)
-        exp = Experiment(cfg, out_dir, resume, progress)
+        exp = Experiment(cfg, out_dir, resume, progress, tensorboard_dir=tensorboard_dir)
         exp.task = build_task(exp)
         exp.driver = exp.run(exp.task)
         exp.save_final(exp.task)
         return exp
     finally:
+        if exp is not None:
+            exp.close()
         lock.release()
         if created:
             torch.distributed.destroy_process_group()
