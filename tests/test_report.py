@@ -81,6 +81,18 @@ def test_time_to_target_and_best(tmp_path):
     assert hf.final_dev_wer == 10.5 and sgd.final_dev_wer is None
 
 
+def test_objectives_at_different_acoustic_scales_are_not_compared(tmp_path, capsys):
+    hf = write_run(tmp_path / "hf", "hf-smbr", "hf", HF)
+    sgd = write_run(tmp_path / "sgd", "sgd-smbr", "sgd", SGD)
+    (hf / "config.yaml").write_text("criterion: smbr\nsequence:\n  acoustic_scale: 1.0\n")
+    (sgd / "config.yaml").write_text("criterion: smbr\nsequence:\n  acoustic_scale: 0.1\n")
+    runs = [cmd.read_history(hf), cmd.read_history(sgd)]
+    assert [r.acoustic_scale for r in runs] == [1.0, 0.1] and cmd.comparisons(runs) == []
+    md = cmd.markdown(runs)
+    assert "| smbr (κ 1) |" in md and "| smbr (κ 0.1) |" in md and "time for" not in md
+    assert "hf-smbr and sgd-smbr: smbr objectives at acoustic scales 1 and 0.1 are not comparable" in md
+
+
 def test_resumed_run_keeps_last_line_per_update(tmp_path):
     d = write_run(tmp_path / "r", "r", "hf", HF)
     with (d / "history.jsonl").open("a") as f:

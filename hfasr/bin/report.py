@@ -30,6 +30,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from hfasr.bin.results import parse_wer
 from hfasr.errors import DataError
 from hfasr.fileio import atomic_path, write_text
@@ -65,6 +67,9 @@ class Run:
     exp_dir: Path
     points: list[Point] = field(default_factory=list)
     test_wer: dict | None = None  # parse_wer's dict: wer, errors, words, ci (or None), line
+    # sequence criteria: the acoustic scale of the objective (config.yaml's sequence.acoustic_scale);
+    # objectives at different scales are not comparable
+    acoustic_scale: float | None = None
 
     @property
     def final(self) -> Point:
@@ -138,12 +143,31 @@ def read_history(exp_dir: str | Path) -> Run:
     if run is None:
         raise DataError(f"{path}: no records")
     run.points = [by_update[u] for u in sorted(by_update)]
+    run.acoustic_scale = _acoustic_scale(exp_dir / "config.yaml")
     wer = exp_dir / "decode_test" / "wer.txt"
     if wer.is_file():
         run.test_wer = parse_wer(wer)
         if not run.test_wer:
             raise DataError(f"{wer}: no Kaldi '%WER x.xx [ e / n, i ins, d del, s sub ]' line")
     return run
+
+
+def _acoustic_scale(config: Path) -> float | None:
+    """``sequence.acoustic_scale`` of a run's resolved ``config.yaml`` (None if absent)."""
+    if not config.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DataError(f"{config}: malformed YAML: {e}") from e
+    seq = cfg.get("sequence") if isinstance(cfg, dict) else None
+    value = seq.get("acoustic_scale") if isinstance(seq, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def comparable(a: Run, b: Run) -> bool:
+    """Same criterion and (sequence criteria) the same acoustic scale."""
+    return a.criterion == b.criterion and a.acoustic_scale == b.acoustic_scale
 
 
 def time_to_target(run: Run, target: float) -> Point | None:
@@ -193,9 +217,9 @@ def compare(run: Run, other: Run) -> Comparison:
 
 
 def comparisons(runs: list[Run]) -> list[Comparison]:
-    """Every ordered pair of distinct runs with the same criterion (objectives of different
-    criteria are not comparable)."""
-    return [compare(a, b) for a in runs for b in runs if a is not b and a.criterion == b.criterion]
+    """Every ordered pair of distinct runs with comparable objectives (:func:`comparable`: the
+    same criterion at the same acoustic scale)."""
+    return [compare(a, b) for a in runs for b in runs if a is not b and comparable(a, b)]
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
@@ -212,13 +236,20 @@ def markdown(runs: list[Run]) -> str:
         if r.test_wer:
             ci = r.test_wer["ci"]
             test = f"{r.test_wer['wer']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-        lines.append(f"| {r.run} | {r.optimizer} | {r.criterion} | {r.final.update} | {r.final.wall_s:.0f} "
+        crit = r.criterion + (f" (κ {r.acoustic_scale:g})" if r.acoustic_scale is not None else "")
+        lines.append(f"| {r.run} | {r.optimizer} | {crit} | {r.final.update} | {r.final.wall_s:.0f} "
                      f"| {_fmt(r.final.dev_obj)} | {_fmt(r.best_dev_obj)} | {_fmt(r.final_dev_wer, '.2f')} | {test} |")
     comps = comparisons(runs)
     if comps:
         lines += ["", ("Time to reach another run's final dev objective (first wall time with dev objective "
                        "<= target; ratio = the other run's own first time to that objective / this run's):"), ""]
         lines += [f"- {c.line()}" for c in comps]
+    apart = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+             if a.criterion == b.criterion and a.acoustic_scale != b.acoustic_scale]
+    if apart:
+        lines += [""] + [f"- {a.run} and {b.run}: {a.criterion} objectives at acoustic scales "
+                         f"{_fmt(a.acoustic_scale, 'g')} and {_fmt(b.acoustic_scale, 'g')} are not comparable "
+                         "(no time-to-objective ratio)" for a, b in apart]
     return "\n".join(lines) + "\n"
 
 
