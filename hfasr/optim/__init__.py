@@ -9,6 +9,8 @@
 - :mod:`~hfasr.optim.objective`: :class:`BatchObjective`, the HF objective on batched data
   (held-out data, successive subsets, sharding over ``torch.distributed`` ranks).
 - :mod:`~hfasr.optim.distributed`: all-reduce helpers and the rank-summed G v.
+- :mod:`~hfasr.optim.spectrum`: curvature spectra (stochastic Lanczos quadrature on G, damped
+  or preconditioned, per parameter block).
 """
 
 from hfasr.optim.cg import CGResult, pcg
@@ -29,6 +31,7 @@ from hfasr.optim.objective import (
     split_heldout,
     tensor_objective,
 )
+from hfasr.optim.spectrum import Spectrum, SpectrumConfig, hf_system, parameter_blocks, slq, spectra
 
 __all__ = [
     "Batch",
@@ -45,13 +48,19 @@ __all__ = [
     "ModelGaussNewton",
     "OutputCurvature",
     "RowCriterion",
+    "Spectrum",
+    "SpectrumConfig",
     "SubsetObjective",
     "SumGaussNewton",
     "TensorRows",
+    "hf_system",
     "make_objective",
+    "parameter_blocks",
     "pcg",
     "shard_batches",
+    "slq",
     "softmax_ce",
+    "spectra",
     "split_heldout",
     "tensor_objective",
 ]
