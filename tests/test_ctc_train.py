@@ -212,3 +212,18 @@ def test_output_bias_prior_starts_below_uniform_outputs(tiny, tmp_path):
     assert init["prior"] < init["zero"]
     q = torch.softmax(y, 0)
     assert int(q.argmax()) == 0 and q[0] > 0.5  # blank most frequent
+
+
+def test_hf_fine_tunes_an_adam_model_from_init(tiny, tmp_path):
+    """``--init``: HF starts from Adam's final.pt (its initial report is Adam's final dev loss)
+    and never raises it (here Adam has converged on 6 utterances and HF's steps are rejected); a
+    model of another architecture is an error naming the file."""
+    adam = run_ctc_training(cfg_of(optimizer="adam"), tiny, TASK, tmp_path / "adam", lang_dir=tiny / "lang",
+                            progress=False)
+    ft = run_ctc_training(cfg_of(optimizer="hf"), tiny, TASK, tmp_path / "ft", lang_dir=tiny / "lang",
+                          progress=False, init=tmp_path / "adam" / "final.pt")
+    assert ft.history[0]["dev_obj"] == pytest.approx(adam.history[-1]["dev_obj"], rel=1e-5)
+    assert ft.history[-1]["dev_obj"] <= ft.history[0]["dev_obj"] and len(ft.history) == 4
+    with pytest.raises(DataError, match=r"adam/final.pt: its model differs from this run's in \['hidden_size'\]"):
+        run_ctc_training(cfg_of(optimizer="hf", blstm={"hidden_size": 5}), tiny, TASK, tmp_path / "bad",
+                         lang_dir=tiny / "lang", progress=False, init=tmp_path / "adam" / "final.pt")

@@ -51,7 +51,7 @@ FLAG_KEYS: dict[str, dict[str, str | None]] = {
 }
 # path flags each kind reads (the others are an error)
 PATH_FLAGS = {"ce": ("ali_dir",), "sequence": ("ali_dir", "init", "lat_dir", "graph_dir", "model_dir"),
-              "ctc": ("lang",)}
+              "ctc": ("lang", "init")}
 SCHEMA = {"ce": "TrainConfig (hfasr/train/ce.py)", "sequence": "SeqTrainConfig (hfasr/train/sequence.py)",
           "ctc": "CtcTrainConfig (hfasr/train/ctc.py)"}
 
@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-threads", type=int, help="torch intra-op threads (num_threads)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (device)")
     p.add_argument("--ali-dir", type=Path, help="ce / sequence: GMM dir with ali_train.pt and ali_dev.pt")
-    p.add_argument("--init", type=Path, help="sequence: the CE model to start from (final.pt)")
+    p.add_argument("--init", type=Path, help="sequence: the CE model to start from (final.pt); ctc: a CTC model of "
+                                            "the same architecture to fine-tune (e.g. Adam's final.pt, then HF)")
     p.add_argument("--lat-dir", type=Path, help="sequence: dir with lats_<split>.pt (hfasr lattices)")
     p.add_argument("--graph-dir", type=Path, help="sequence: HCLG dir for the dev WER reports")
     p.add_argument("--model-dir", type=Path, help="sequence: GMM dir (final.mdl) for the dev WER reports")
@@ -160,7 +161,7 @@ def _train(args: argparse.Namespace, cfg):
         from hfasr.train.ctc import run_ctc_training
 
         exp = run_ctc_training(cfg, args.data_dir, args.task, args.out, lang_dir=args.lang, resume=args.resume,
-                               progress=progress)
+                               progress=progress, init=args.init)
     else:
         from hfasr.train.sequence import run_sequence_training
 

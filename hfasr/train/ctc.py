@@ -311,10 +311,34 @@ def compute_cmvn(feats: list[Tensor], utt_cmn: bool = False, cut_ids: list[str] 
     return x.mean(0).to(dtype), x.std(0).clamp_min(1e-5).to(dtype)
 
 
+def load_init(task: CtcTask, init: str | Path) -> None:
+    """Copy the weights of the CTC model ``init`` into ``task.model``: its model config must equal
+    the task's (architecture, sizes, tokens); a DataError naming the file otherwise."""
+    from hfasr.models import load_checkpoint
+
+    init = Path(init)
+    ckpt = load_checkpoint(init)
+    ours = dict(task.model.model_config)
+    theirs = dict(ckpt["model_config"])
+    if theirs != ours:
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        raise DataError(f"--init {init}: its model differs from this run's in {diff} "
+                        f"({ {k: theirs.get(k) for k in diff} } vs { {k: ours.get(k) for k in diff} })")
+    try:
+        task.model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise DataError(f"--init {init}: weights do not fit the model: {e}") from e
+    task.model.to(task.device)
+    log.info("CTC: starting from %s", init)
+
+
 def run_ctc_training(cfg: CtcTrainConfig, data_dir: str | Path, task: str, out_dir: str | Path,
-                     lang_dir: str | Path | None = None, resume: bool = False, progress: bool = True):
+                     lang_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+                     init: str | Path | None = None):
     """``hfasr train --criterion ctc``: load the data, train (resuming from ``<out>/checkpoint.pt``
-    with ``resume``), write ``config.yaml``, ``tokens.txt`` and ``final.pt``. Returns the
+    with ``resume``), write ``config.yaml``, ``tokens.txt`` and ``final.pt``. ``init``: start
+    from this CTC model's weights (``final.pt`` of a run with the same model config and tokens,
+    e.g. Adam's, to fine-tune with HF) instead of a random initialisation. Returns the
     :class:`~hfasr.train.experiment.Experiment`."""
     from hfasr.train.experiment import run_experiment
 
@@ -329,6 +353,9 @@ def run_ctc_training(cfg: CtcTrainConfig, data_dir: str | Path, task: str, out_d
         log.info("CTC %s: %d train utterances (%d frames), %d dev, %d tokens", cfg.run_name, len(train),
                  train.num_frames, len(dev), len(table))
         cmvn = compute_cmvn(train.feats, cfg.model == "dnn" and cfg.dnn.utt_cmn, train.cut_ids, str(train_path))
-        return CtcTask(cfg, table, train, dev, exp.device, cmvn=cmvn, prons=prons)
+        ctc_task = CtcTask(cfg, table, train, dev, exp.device, cmvn=cmvn, prons=prons)
+        if init is not None:
+            load_init(ctc_task, init)
+        return ctc_task
 
     return run_experiment(cfg, build, out_dir, resume, progress)
