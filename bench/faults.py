@@ -137,7 +137,7 @@ STAGES = (
      "--config {w}/gmm.yaml --num-jobs 1 --quiet")),
     ("ce_init", "ce_init/final.pt", ("train --data-dir {w} --task yesno --ali-dir {w}/gmm --out {w}/ce_init "
      "--config {w}/ce_init.yaml --quiet")),
-    ("lattices", "lats/lats_train.pt", ("lattices --model {w}/ce_init/final.pt --data-dir {w} --task yesno "
+    ("lattices", "lats/lats_train.index.pt", ("lattices --model {w}/ce_init/final.pt --data-dir {w} --task yesno "
      "--lang {w}/lang --gmm-dir {w}/gmm --out {w}/lats --num-jobs 1 --quiet")),
 )
 

@@ -174,7 +174,7 @@ def test_tampered_alignment_and_lattice_files_never_run_code(exp, tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     load = load_alignments if kind == "alignment" else load_lattices
-    good = exp / "gmm" / "ali_train.pt" if kind == "alignment" else exp / "lats" / "lats_train.pt"
+    good = exp / "gmm" / "ali_train.pt" if kind == "alignment" else exp / "lats" / "lats_train.1.pt"
     assert load(good)["cut_ids"]
     d = torch.load(good, weights_only=True)
     d["cut_ids"] = _Payload()
@@ -265,7 +265,8 @@ def test_failed_lattices_leave_the_previous_lattice_dir(exp, tmp_path, monkeypat
 
     monkeypatch.setattr(generate, "decode_to_lattices", fail_on_dev)
     capsys.readouterr()
-    assert main(_lattice_args(exp, out)) == 2
+    # another lattice beam: no shard of the earlier run is reused, train is decoded, dev fails
+    assert main([*_lattice_args(exp, out), "--lattice-beam", "5"]) == 2
     _check_unchanged(capsys, out, before)
     assert not (out / "graph_weak").exists()
 

@@ -54,7 +54,7 @@ def test_yesno_recipe_end_to_end(yesno_dir, tmp_path):
     wrong = [line.split()[0] for line in errs.splitlines() if line.split()[1:2] == ["ref"]]
     assert set(wrong) <= {"0_1_0_1_0_0_0_0-10"}, errs
     # sequence training ran from the CE model: lattices, HF-sMBR, decoding, report
-    assert (tmp_path / "exp/lats/lats_train.pt").is_file()
+    assert (tmp_path / "exp/lats/lats_train.index.pt").is_file()
     hist = (tmp_path / "exp/dnn_smbr_hf/history.jsonl").read_text().splitlines()
     assert len(hist) == 4  # the CE model + 3 HF updates (conf/seq_smbr_hf.yaml)
     assert "hf-smbr" in (tmp_path / "exp/report.md").read_text()

@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ali-dir", type=Path, help="ce / sequence: GMM dir with ali_train.pt and ali_dev.pt")
     p.add_argument("--init", type=Path, help="sequence: the CE model to start from (final.pt); ctc: a CTC model of "
                                             "the same architecture to fine-tune (e.g. Adam's final.pt, then HF)")
-    p.add_argument("--lat-dir", type=Path, help="sequence: dir with lats_<split>.pt (hfasr lattices)")
+    p.add_argument("--lat-dir", type=Path, help="sequence: the lattice dir of hfasr lattices (lats_<split>.index.pt + shards)")
     p.add_argument("--graph-dir", type=Path, help="sequence: HCLG dir for the dev WER reports")
     p.add_argument("--model-dir", type=Path, help="sequence: GMM dir (final.mdl) for the dev WER reports")
     p.add_argument("--lang", type=Path, help="ctc with phone units: lang dir whose lexicon.txt gives the phones")

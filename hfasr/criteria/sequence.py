@@ -161,7 +161,7 @@ class SequenceCriterion:
         else:
             ok = torch.zeros_like(u, dtype=torch.bool)
         if self.needs_arc_phone:  # false only for sMBR without one_silence_class and silence phones
-            tids = torch.cat([s.lattice.tid for s in sups]).to(lb.device)[e]
+            tids = torch.cat([s.lattice.tid.long() for s in sups]).to(lb.device)[e]
             ph = self.tid2phone.to(lb.device)[tids]
             sil = self.silence.to(lb.device)
             ph_sil = sil[ph.clamp(min=0, max=sil.numel() - 1)]

@@ -91,8 +91,10 @@ class LatticeBatch:
             return torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)
 
         # everything is assembled on the CPU (where the lattices live) and moved once
-        src = cat([lat.src + o for lat, o in zip(lattices, offs)])
-        dst = cat([lat.dst + o for lat, o in zip(lattices, offs)])
+        # lattices may be stored compactly (int32 ids, float32 costs: hfasr.lattice.store): the
+        # batch is built in int64 / self.dtype
+        src = cat([lat.src.long() + o for lat, o in zip(lattices, offs)])
+        dst = cat([lat.dst.long() + o for lat, o in zip(lattices, offs)])
         frame = cat([lat.frame for lat in lattices])
         pdf = cat([lat.pdf for lat in lattices])
         utt_of_arc = cat([torch.full((lat.num_arcs,), b, dtype=long)

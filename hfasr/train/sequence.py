@@ -279,6 +279,7 @@ class SequenceTask(Task):
         ``hfasr lattices``); a cut whose decoding fails keeps its old lattice. Returns the
         number of lattices replaced."""
         from hfasr.lattice.generate import LatticeConfig, decode_to_lattices
+        from hfasr.lattice.store import compact_lattice
         from hfasr.lattice.tensors import Lattice
 
         meta = self.lat_meta
@@ -294,7 +295,7 @@ class SequenceTask(Task):
         n = 0
         for sup, (_, d, _) in zip(self.train.sups, res):
             if d is not None:
-                sup.lattice = Lattice.from_dict(d)
+                sup.lattice = compact_lattice(Lattice.from_dict(d))
                 n += 1
         log_line(f"# regenerated {n} of {len(items)} training lattices with the current model")
         return n
@@ -327,10 +328,11 @@ class SequenceTask(Task):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("train_lattices") is not None:
+            from hfasr.lattice.store import compact_lattice
             from hfasr.lattice.tensors import Lattice
 
             for sup, d in zip(self.train.sups, state["train_lattices"]):
-                sup.lattice = Lattice.from_dict(d)
+                sup.lattice = compact_lattice(Lattice.from_dict(d))
         if state.get("regenerate_pending") and self.cfg.regenerate_every:
             # the run ended where a regeneration was due: an extended run must see its lattices
             self.regenerate_lattices()
@@ -346,7 +348,8 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
 
     Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it first joins the process
     group (unless the caller already did; a group it created is destroyed at the end)."""
-    from hfasr.lattice.generate import lattice_path, load_lattices
+    from hfasr.lattice.generate import lattice_path
+    from hfasr.lattice.store import load_lattice_dir
     from hfasr.models import load_model, load_prior
     from hfasr.train.experiment import run_experiment
 
@@ -364,8 +367,12 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
             log.info("%s: dropout %g of the CE model is off for sequence training", init_path, model.dropout)
             model.dropout = 0.0
             model.model_config["dropout"] = 0.0
+        # every shard of the split, packed (int32 / float32) and memory-mapped: the OS reads what
+        # the batches touch, the ranks of a machine share the pages, only the level cache (4 bytes
+        # per state) is private; a lattice dir of earlier versions (one lats_<split>.pt) is read too
         lt_path, ld_path = lattice_path(lat_dir, cfg.train_split), lattice_path(lat_dir, cfg.dev_split)
-        lt, ld = load_lattices(lt_path), load_lattices(ld_path)
+        lt = load_lattice_dir(lat_dir, cfg.train_split, mmap=True)
+        ld = load_lattice_dir(lat_dir, cfg.dev_split, mmap=True)
         if lt["lattices"] and int(lt["tid2pdf"].max()) + 1 != log_prior.numel():
             raise DataError(f"{lt_path}: lattices index {int(lt['tid2pdf'].max()) + 1} pdfs, the model "
                             f"{log_prior.numel()}")
