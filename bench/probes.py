@@ -429,7 +429,8 @@ def probes() -> list[Probe]:
         P("partial outputs", "lattices: full disk", lambda w: [
             HFASR, "lattices", "--model", str(w / "exp" / "ce" / "final.pt"), "--data-dir", str(w / "data"), "--task",
             "yesno", "--lang", str(w / "exp" / "lang"), "--gmm-dir", str(w / "exp" / "gmm"), "--out",
-            str(w / "exp" / "lats"), "--quiet"], watch=["exp/lats"], shell_prefix="trap '' XFSZ; ulimit -f 20;"),
+            str(w / "exp" / "lats"), "--lattice-beam", "5", "--quiet"],  # new options: every shard is redone
+          watch=["exp/lats"], shell_prefix="trap '' XFSZ; ulimit -f 20;"),
         # --- out-of-range config values
         P("config", "num_mel_bins: -3", _config("fbank.yaml", "num_mel_bins: -3\n", lambda w: _features_cmd(w)),
           must_name="num_mel_bins", watch=["data"]),
