@@ -28,6 +28,7 @@ import errno
 import fcntl
 import itertools
 import os
+import re
 import shutil
 import socket
 from collections.abc import Iterator, Sequence
@@ -223,6 +224,26 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_TMP_NAME = re.compile(r"\.tmp\.(\d+)\.\d+$")  # tmp_name: <name>.tmp.<pid>.<n>
+
+
+def remove_dead_temporaries(directory: str | Path) -> list[Path]:
+    """Remove the :func:`tmp_name` files in ``directory`` whose writing process no longer exists
+    (left by a killed run; call it holding the directory's :class:`DirLock`). Returns them."""
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TMP_NAME.search(p.name)
+        if m is None or not p.is_file() or _pid_alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def _sweep_dead_staging(final: Path) -> None:

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -424,37 +423,15 @@ class Experiment:
         return path
 
 
-_TMP_NAME = re.compile(r"\.tmp\.(\d+)\.\d+$")  # hfasr.fileio.tmp_name: <name>.tmp.<pid>.<n>
-
-
 def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Remove the temporary files (``<name>.tmp.<pid>.<n>``) that killed runs left in ``out``
-    and ``out/models``: those of processes that no longer exist. Call it holding the dir's lock
-    (no live writer then). Returns the removed paths."""
-    removed = []
-    for d in (out, out / "models"):
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            m = _TMP_NAME.search(p.name)
-            if m is None or not p.is_file() or _alive(int(m.group(1))):
-                continue
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(p)
+    """Remove the temporary files that killed runs left in ``out`` and ``out/models``
+    (:func:`hfasr.fileio.remove_dead_temporaries`; call it holding the dir's lock)."""
+    from hfasr.fileio import remove_dead_temporaries
+
+    removed = remove_dead_temporaries(out) + remove_dead_temporaries(out / "models")
     if removed:
         log.info("removed %d temporary file(s) of killed runs in %s", len(removed), out)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by another user
-        return True
-    return True
 
 
 def lock_out_dir(lock: DirLock) -> None:
