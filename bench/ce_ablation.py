@@ -82,7 +82,7 @@ def run_variant(spec: dict, defaults: dict, base_cfg: dict, out: Path) -> dict:
     log = d / "log.txt"
     data_dir = spec.get("data_dir", defaults["data_dir"])
     gmm_dir = spec.get("gmm_dir", defaults["gmm_dir"])
-    ali_dir = spec.get("ali_dir", gmm_dir)
+    ali_dir = spec.get("ali_dir", defaults.get("ali_dir") if "gmm_dir" not in spec else gmm_dir) or gmm_dir
     task = defaults["task"]
     cfg = merge(merge(base_cfg, defaults.get("set", {})), spec.get("set", {}))
     (d / "train.yaml").write_text(yaml.safe_dump(cfg))

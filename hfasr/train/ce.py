@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hfasr.config import TORCH_DEVICE, bounded, check_ranges
+from hfasr.data.augment import AugmentConfig, AugmentedRows
 from hfasr.data.batching import Batch, make_batches
 from hfasr.data.frames import IGNORE_INDEX, FrameData, FrameDataConfig
 from hfasr.data.utterances import FrameRows, Utterances
@@ -63,6 +64,7 @@ class TrainConfig(FirstOrderConfig):
     blstm: BLSTMConfig = field(default_factory=BLSTMConfig)  # --model blstm (subsample must be 1)
     mdlstm: MDLSTMConfig = field(default_factory=MDLSTMConfig)  # --model mdlstm (time_patch must be 1)
     data: FrameDataConfig = field(default_factory=FrameDataConfig)  # alignment/feature matching
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # dnn + sgd / adam: frequency warping / masking of the training rows
     train_split: str = "train"  # features <task>_feats_<split>, alignment ali_<split>.pt
     dev_split: str = "dev"  # reported every epoch; drives the newbob schedule
     batch_size: int = bounded(256, ge=1)  # sgd / adam, dnn: frames per minibatch (shuffled across utterances)
@@ -95,6 +97,10 @@ class TrainConfig(FirstOrderConfig):
         if self.optimizer == "hf" and self.model == "dnn" and self.dnn.dropout > 0:
             raise ValueError(f"dnn.dropout {self.dnn.dropout} needs a first-order optimizer: Hessian-free needs a "
                              "deterministic network (set dnn.dropout: 0 or optimizer: sgd / adam)")
+        if self.augment.active and (self.optimizer == "hf" or self.model != "dnn"):
+            raise ValueError("augment (warp / freq_masks) is implemented for model 'dnn' with optimizer sgd / adam "
+                             f"(got model '{self.model}', optimizer '{self.optimizer}'): Hessian-free needs one "
+                             "deterministic objective; set augment.warp: 0 and augment.freq_masks: 0")
 
     def first_order(self) -> FirstOrderConfig:
         """The first-order driver's settings (the top-level keys)."""
@@ -246,7 +252,13 @@ class CETask(Task):
         if self.frame_level:
             # the drivers train the module on spliced rows; it shares the DNN's parameters
             self.model = self.net.frames()
-            self.train_data: Any = FrameRows(train, self.net.context, cfg.chunk_size, device)
+            if cfg.augment.active:
+                # masked bins take the training mean, which the input normalisation maps to 0
+                fill = cmvn[0] if cmvn is not None else train.feats.mean(0)
+                self.train_data: Any = AugmentedRows(train, self.net.context, cfg.augment, fill, cfg.seed,
+                                                     cfg.chunk_size, device)
+            else:
+                self.train_data = FrameRows(train, self.net.context, cfg.chunk_size, device)
         else:
             self.model = self.net
             self.train_data = Utterances(train.lengths.tolist(), utterance_collate(train, device),

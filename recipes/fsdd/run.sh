@@ -32,5 +32,8 @@ if [ -z "$corpus_dir" ]; then
 fi
 stage_run 1 prepare hfasr prepare fsdd --corpus-dir "$corpus_dir" --out "$data" --config "$conf/prepare.yaml"
 stage_run 2 features hfasr features "$data" --task fsdd_conn fsdd_spk fsdd_iso --config "$conf/fbank.yaml"
+# LM-weight sweeps on dev (GMM and DNNs): on this digit loop both still improve at LMWT 17
+gmm_lm_weights=${gmm_lm_weights:-9,11,13,15,17,20,24,28}
+lm_weights=${lm_weights:-7,9,11,13,15,17,20,24,28}
 . "$root/tools/hybrid.sh"
 . "$root/tools/ctc.sh"
