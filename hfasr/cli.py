@@ -29,7 +29,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+RESOURCE_LOG_ENV = "HFASR_RESOURCE_LOG"
+
+
+def _log_resources(path: str, argv: list[str], wall: float, status: int) -> None:
+    """Append one JSON line to ``path``: the command, its exit status, wall seconds and peak
+    resident memory (MB) of this process and of its largest finished child (worker pools).
+    Enabled by the environment variable ``HFASR_RESOURCE_LOG`` (bench/scale.py sets it)."""
+    import json
+    import resource
+
+    mb = lambda who: resource.getrusage(who).ru_maxrss / 1024  # noqa: E731 (Linux: KiB)
+    rec = {"argv": argv, "status": status, "wall_s": round(wall, 3), "max_rss_mb": round(mb(resource.RUSAGE_SELF), 1),
+           "max_rss_children_mb": round(mb(resource.RUSAGE_CHILDREN), 1)}
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError as e:  # never fail a finished command over its resource log
+        print(f"warning: {path}: resource log not written ({e.strerror})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+    import time
+
+    log_path = os.environ.get(RESOURCE_LOG_ENV)
+    if not log_path:
+        return _main(argv)
+    t0, status = time.time(), 1
+    try:
+        status = _main(argv)
+        return status
+    finally:
+        _log_resources(log_path, list(sys.argv[1:] if argv is None else argv), time.time() - t0, status)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
