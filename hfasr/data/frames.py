@@ -200,23 +200,49 @@ class FrameData:
         ``<ali_dir>/ali_<split>.pt`` (see the module docstring for the checks; a truncated or
         corrupt manifest, an unreadable archive or non-finite features are DataErrors naming the
         file or cut)."""
+        ids, feats, targets, phones = [], [], [], []
+        aligned = AlignedCuts(data_dir, task, split, ali_dir, cfg)
+        for _, cid, x, y, ph in aligned.iterate(progress):
+            ids.append(cid)
+            feats.append(x)
+            targets.append(y)
+            if ph is not None:
+                phones.append(ph)
+        return cls(ids, feats, targets, aligned.num_pdfs, phones if aligned.have_phones else None)
+
+
+class AlignedCuts:
+    """The cuts of a feature manifest matched with their alignment (the checks of the module
+    docstring), read one at a time: :meth:`iterate` yields ``(cut, cut_id, features (T, F)
+    float32, pdfs (T,) long, phones (T,) long or None)``, both cut to the shorter length.
+    :class:`FrameData` keeps them all; :class:`hfasr.data.stream.StreamedFrameData` keeps the
+    targets only and reads the features again when a batch needs them."""
+
+    def __init__(self, data_dir: str | Path, task: str, split: str, ali_dir: str | Path,
+                 cfg: FrameDataConfig | None = None) -> None:
+        from hfasr.data.corpora import load_cuts
+
+        self.cfg = cfg or FrameDataConfig()
+        self.task, self.split = task, split
+        self.manifest = feats_manifest_path(data_dir, task, split)
+        if not self.manifest.is_file():
+            raise DataError(f"feature manifest not found: {self.manifest}; run `hfasr features` first")
+        self.ali_path = alignment_path(ali_dir, split)
+        self.ali = load_alignment(self.ali_path)
+        self.num_pdfs = int(self.ali["num_pdfs"])
+        self.have_phones = "phones" in self.ali
+        self.cuts = load_cuts(self.manifest, "run `hfasr features` first")
+
+    def iterate(self, progress: bool = False):
         from tqdm import tqdm
 
-        from hfasr.data.corpora import load_cuts
         from hfasr.data.features import cut_features
 
-        cfg = cfg or FrameDataConfig()
-        manifest = feats_manifest_path(data_dir, task, split)
-        if not manifest.is_file():
-            raise DataError(f"feature manifest not found: {manifest}; run `hfasr features` first")
-        ali_path = alignment_path(ali_dir, split)
-        ali = load_alignment(ali_path)
+        cfg, ali, ali_path, manifest = self.cfg, self.ali, self.ali_path, self.manifest
         pos = {c: i for i, c in enumerate(ali["cut_ids"])}
-        cuts = load_cuts(manifest, "run `hfasr features` first")
         excluded = _excluded(ali_path)
-        ids, feats, targets, phones, missing = [], [], [], [], []
-        have_phones = "phones" in ali
-        for cut in tqdm(cuts, desc=f"load {task}/{split}", disable=not progress, leave=False):
+        missing, n = [], 0
+        for cut in tqdm(self.cuts, desc=f"load {self.task}/{self.split}", disable=not progress, leave=False):
             i = pos.get(cut.id)
             if i is None:
                 if not cfg.drop_unaligned:
@@ -231,17 +257,13 @@ class FrameData:
                 raise DataError(f"cut '{cut.id}': alignment has {y.shape[0]} frames but its features have "
                                 f"{x.shape[0]} ({ali_path} vs {manifest}; tolerance {cfg.length_tolerance})")
             T = min(x.shape[0], y.shape[0])
-            ids.append(cut.id)
-            feats.append(x[:T])
-            targets.append(y[:T])
-            if have_phones:
-                phones.append(ali["phones"][i].long()[:T])
+            n += 1
+            yield cut, cut.id, x[:T], y[:T], (ali["phones"][i].long()[:T] if self.have_phones else None)
         if missing:
-            log.warning("%s/%s: dropped %d of %d cuts without an alignment in %s (e.g. %s)", task, split,
-                        len(missing), len(missing) + len(ids), ali_path, ", ".join(missing[:5]))
-        if not ids:
+            log.warning("%s/%s: dropped %d of %d cuts without an alignment in %s (e.g. %s)", self.task, self.split,
+                        len(missing), len(missing) + n, ali_path, ", ".join(missing[:5]))
+        if not n:
             raise DataError(f"{manifest}: no cut has an alignment in {ali_path}")
-        unused = len(pos) - len(ids)
+        unused = len(pos) - n
         if unused:
             log.info("%s: %d aligned cuts are not in %s (ignored)", ali_path, unused, manifest)
-        return cls(ids, feats, targets, int(ali["num_pdfs"]), phones if have_phones else None)

@@ -184,8 +184,12 @@ class FrameRows:
         return [idx[s : s + c] for s in range(0, len(idx), c)]
 
     def shuffled(self, generator: torch.Generator, batch_size: int) -> list[Tensor]:
-        """Minibatches of ``batch_size`` frames of a random order (``randperm`` with ``generator``)."""
-        order = torch.randperm(len(self), generator=generator)
+        """Minibatches of ``batch_size`` frames of a random order (``randperm`` with ``generator``;
+        for :class:`~hfasr.data.stream.StreamedFrameData`, shuffled within blocks of utterances)."""
+        if getattr(self.data, "streamed", False) and self.index is None:
+            order = self.data.shuffled_frames(generator)  # shuffled within blocks of utterances
+        else:
+            order = torch.randperm(len(self), generator=generator)
         return [order[s : s + batch_size] for s in range(0, len(self), batch_size)]
 
     def batch(self, indices: Sequence[int] | Tensor) -> Batch:
@@ -196,7 +200,7 @@ class FrameRows:
         if self.index is not None:
             idx = self.index[idx]
         rows = self.data.spliced(idx, self.context).to(self.device)
-        return Batch((rows,), self.data.targets[idx].to(self.device), int(idx.numel()))
+        return Batch((rows,), self.data.targets[idx].long().to(self.device), int(idx.numel()))
 
     def subset(self, indices: Sequence[int]) -> FrameRows:
         idx = torch.as_tensor(list(indices), dtype=torch.long)

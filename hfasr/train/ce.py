@@ -70,6 +70,9 @@ class TrainConfig(FirstOrderConfig):
     batch_size: int = bounded(256, ge=1)  # sgd / adam, dnn: frames per minibatch (shuffled across utterances)
     utt_batch_frames: int = bounded(4000, ge=1)  # blstm / mdlstm: padded frames per batch of whole utterances
     chunk_size: int = bounded(8192, ge=1)  # dnn: frames per forward/backward chunk (HF passes, dev evaluation)
+    # dnn + sgd / adam: > 0 reads the training features from disk when a batch needs them and
+    # shuffles frames within blocks of this many utterances (hfasr/data/stream.py); 0 = in memory
+    stream_buffer_utts: int = bounded(0, ge=0)
     prior_floor: float = bounded(1e-5, gt=0, le=1)  # pdf priors: floor of count/total (pdfs unseen in training)
     seed: int = bounded(0, ge=0)  # model initialisation and frame order
     num_threads: int = bounded(0, ge=0)  # torch intra-op threads; 0 = torch's default
@@ -97,6 +100,10 @@ class TrainConfig(FirstOrderConfig):
         if self.optimizer == "hf" and self.model == "dnn" and self.dnn.dropout > 0:
             raise ValueError(f"dnn.dropout {self.dnn.dropout} needs a first-order optimizer: Hessian-free needs a "
                              "deterministic network (set dnn.dropout: 0 or optimizer: sgd / adam)")
+        if self.stream_buffer_utts and (self.optimizer == "hf" or self.model != "dnn"):
+            raise ValueError(f"stream_buffer_utts ({self.stream_buffer_utts}) is implemented for model 'dnn' with "
+                             f"optimizer sgd / adam (got model '{self.model}', optimizer '{self.optimizer}'); "
+                             "set stream_buffer_utts: 0")
         if self.augment.active and (self.optimizer == "hf" or self.model != "dnn"):
             raise ValueError("augment (warp / freq_masks) is implemented for model 'dnn' with optimizer sgd / adam "
                              f"(got model '{self.model}', optimizer '{self.optimizer}'): Hessian-free needs one "
@@ -237,8 +244,10 @@ class CETask(Task):
         if dev.num_pdfs != train.num_pdfs or dev.feat_dim != train.feat_dim:
             raise ConfigError(f"dev set has {dev.num_pdfs} pdfs / {dev.feat_dim}-dim features, "
                               f"training set {train.num_pdfs} / {train.feat_dim}")
-        # non-finite or absurd features: an error naming the cut, before any training
-        check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'", train.offsets)
+        # non-finite or absurd features: an error naming the cut, before any training (streamed
+        # training data was checked cut by cut when it was loaded)
+        if not getattr(train, "streamed", False):
+            check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'", train.offsets)
         check_features(dev.cut_ids, dev.feats, f"split '{cfg.dev_split}'", dev.offsets)
         self.cfg, self.train, self.dev, self.device = cfg, train, dev, device
         self.run_name, self.model_name = cfg.run_name, cfg.model
@@ -254,7 +263,8 @@ class CETask(Task):
             self.model = self.net.frames()
             if cfg.augment.active:
                 # masked bins take the training mean, which the input normalisation maps to 0
-                fill = cmvn[0] if cmvn is not None else train.feats.mean(0)
+                fill = cmvn[0] if cmvn is not None else (train.mean if getattr(train, "streamed", False)
+                                                         else train.feats.mean(0))
                 self.train_data: Any = AugmentedRows(train, self.net.context, cfg.augment, fill, cfg.seed,
                                                      cfg.chunk_size, device)
             else:
@@ -297,15 +307,25 @@ def run_training(cfg: TrainConfig, data_dir: str | Path, task: str, ali_dir: str
     from hfasr.train.experiment import run_experiment
 
     def build(exp) -> CETask:
-        train = FrameData.load(data_dir, task, cfg.train_split, ali_dir, cfg.data, progress=exp.progress)
+        utt_cmn = getattr(getattr(cfg, cfg.model), "utt_cmn", False)
+        if cfg.stream_buffer_utts:
+            from hfasr.data.stream import StreamedFrameData
+
+            train: Any = StreamedFrameData.load(data_dir, task, cfg.train_split, ali_dir, cfg.data, utt_cmn,
+                                                cfg.stream_buffer_utts, progress=exp.progress)
+        else:
+            train = FrameData.load(data_dir, task, cfg.train_split, ali_dir, cfg.data, progress=exp.progress)
         dev = FrameData.load(data_dir, task, cfg.dev_split, ali_dir, cfg.data, progress=exp.progress)
         cmvn = load_cmvn_stats(Path(data_dir) / f"{task}_stats.pt", train.feat_dim)
-        if getattr(getattr(cfg, cfg.model), "utt_cmn", False):
+        if utt_cmn:
             # the model removes each utterance's mean itself (forward); the frame-level training
             # data must match, and the global CMVN is then taken over the mean-removed frames
-            for d in (train, dev):
-                d.apply_utterance_cmn()
-            cmvn = (train.feats.mean(0), train.feats.std(0).clamp(min=1e-5))
+            dev.apply_utterance_cmn()
+            if cfg.stream_buffer_utts:  # mean-removed when read; statistics of load()'s pass
+                cmvn = (train.mean, train.std)
+            else:
+                train.apply_utterance_cmn()
+                cmvn = (train.feats.mean(0), train.feats.std(0).clamp(min=1e-5))
         return CETask(cfg, train, dev, exp.device, cmvn)
 
     return run_experiment(cfg, build, out_dir, resume, progress)
