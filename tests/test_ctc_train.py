@@ -5,6 +5,10 @@ config and data errors name the key, file or utterance."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +25,7 @@ from hfasr.errors import ConfigError, DataError, HfasrError
 from hfasr.lang.prepare import LangConfig, prepare_lang
 from hfasr.train.ctc import CtcTrainConfig, run_ctc_training, token_prior
 
+ROOT = Path(__file__).resolve().parents[1]
 TASK = "yesno"
 TINY = {"model": "blstm", "num_threads": 1, "max_frames": 1300,
         "blstm": {"hidden_size": 16, "num_layers": 1, "subsample": 4},
@@ -227,3 +232,34 @@ def test_hf_fine_tunes_an_adam_model_from_init(tiny, tmp_path):
     with pytest.raises(DataError, match=r"adam/final.pt: its model differs from this run's in \['hidden_size'\]"):
         run_ctc_training(cfg_of(optimizer="hf", blstm={"hidden_size": 5}), tiny, TASK, tmp_path / "bad",
                          lang_dir=tiny / "lang", progress=False, init=tmp_path / "adam" / "final.pt")
+
+
+def test_recipe_ctc_stages_fine_tune_a_run_with_hf(tiny, tmp_path):
+    """tools/ctc.sh (stages 10-11 of recipes/yesno/run.sh): the run ``blstm_adamhf`` trains with HF
+    from ``exp/ctc_blstm_adam/final.pt`` (``--init``), with its own config ``conf/ctc_blstm_adamhf.yaml``;
+    both are decoded, tabled and reported, and a re-run skips them."""
+    exp, conf = tmp_path / "exp", tmp_path / "conf"
+    exp.mkdir()
+    conf.mkdir()
+    (exp / "lang").symlink_to(tiny / "lang")
+    (conf / "ctc_blstm_adam.yaml").write_text(yaml.safe_dump(TINY))
+    (conf / "ctc_blstm_adamhf.yaml").write_text(yaml.safe_dump({**TINY, "hf": {**TINY["hf"], "updates": 2}}))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = ["bash", str(ROOT / "recipes/yesno/run.sh"), "--stage", "10", "--stop-stage", "11", "--data", str(tiny),
+           "--exp", str(exp), "--conf", str(conf), "--ctc-runs", "blstm_adam blstm_adamhf"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    adam, ft = history(exp / "ctc_blstm_adam"), history(exp / "ctc_blstm_adamhf")
+    assert adam[-1]["optimizer"] == "adam" and adam[-1]["epoch"] == 2
+    assert [h["optimizer"] for h in ft] == ["hf"] * 3 and ft[-1]["update"] == 2
+    assert ft[0]["dev_obj"] == pytest.approx(adam[-1]["dev_obj"], rel=1e-5)  # starts from Adam's model
+    assert f"CTC: starting from {exp / 'ctc_blstm_adam' / 'final.pt'}" in r.stdout + r.stderr
+    assert load_config(CtcTrainConfig, exp / "ctc_blstm_adamhf/config.yaml").hf.updates == 2
+    table = (exp / "results.md").read_text()
+    for run in ("ctc_blstm_adam", "ctc_blstm_adamhf"):
+        assert (exp / run / "decode_test/wer.txt").read_text().startswith("%WER ")
+        assert f"| yesno | test | {run} |" in table
+    report = (exp / "report_ctc_blstm.md").read_text()
+    assert "adam-ctc-blstm" in report and "hf-ctc-blstm" in report
+    r2 = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    assert r2.returncode == 0 and r2.stdout.count("skipping") == 4, r2.stdout
