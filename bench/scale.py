@@ -39,6 +39,7 @@ STAGES = [
     ("decode", lambda a: a[0] == "decode" and "dnn_ce" in _opt(a, "--out")),
     ("lattices", lambda a: a[0] == "lattices"),
     ("hf-smbr train", lambda a: a[0] == "train" and _opt(a, "--criterion") == "smbr"),
+    ("hf-smbr per update", lambda a: False),  # the stage above divided by its number of updates
 ]
 
 
@@ -46,7 +47,7 @@ def _opt(argv: list[str], key: str) -> str:
     return argv[argv.index(key) + 1] if key in argv and argv.index(key) + 1 < len(argv) else ""
 
 
-def run_factor(work: Path, k: int, nj: int) -> Path:
+def run_factor(work: Path, k: int, nj: int, smbr_updates: int = 0) -> Path:
     d = work / f"x{k}"
     done = d / "finished"
     if done.is_file():
@@ -58,6 +59,10 @@ def run_factor(work: Path, k: int, nj: int) -> Path:
     syn = yaml.safe_load((conf / "synth.yaml").read_text())
     syn["num_train"] = BASE_TRAIN * k
     (conf / "synth.yaml").write_text(yaml.safe_dump(syn))
+    if smbr_updates:
+        seq = yaml.safe_load((conf / "seq_smbr_hf.yaml").read_text())
+        seq.setdefault("hf", {})["updates"] = smbr_updates
+        (conf / "seq_smbr_hf.yaml").write_text(yaml.safe_dump(seq))
     log = d / "resources.jsonl"
     if log.exists():
         log.unlink()
@@ -83,6 +88,11 @@ def stage_stats(d: Path) -> dict[str, dict]:
             out[name] = {"wall_s": sum(r["wall_s"] for r in rows),
                          "rss_mb": max(max(r["max_rss_mb"], r["max_rss_children_mb"]) for r in rows),
                          "rss_self_mb": max(r["max_rss_mb"] for r in rows)}
+    hist = d / "exp" / "dnn_smbr_hf" / "history.jsonl"
+    if "hf-smbr train" in out and hist.is_file():
+        n = sum(1 for x in hist.read_text().splitlines() if x.strip()) - 1  # update 0 is the initial model
+        out["hf-smbr train"]["updates"] = n
+        out["hf-smbr per update"] = {**out["hf-smbr train"], "wall_s": out["hf-smbr train"]["wall_s"] / max(n, 1)}
     return out
 
 
@@ -105,10 +115,13 @@ def main() -> None:
     ap.add_argument("--factors", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--nj", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="markdown table (and a .png beside it)")
+    ap.add_argument("--smbr-updates", default="", help="K:N,...: HF-sMBR updates of factor K (default: the "
+                    "recipe's); the table compares HF-sMBR time per update")
     args = ap.parse_args()
+    args.smbr_updates = {int(k): int(n) for k, n in (x.split(":") for x in args.smbr_updates.split(",") if x)}
     results = {}
     for k in args.factors:
-        d = run_factor(args.work, k, args.nj)
+        d = run_factor(args.work, k, args.nj, args.smbr_updates.get(k, 0))
         results[k] = {"stages": stage_stats(d), "lattices": lattice_stats(d),
                       "total_s": float((d / "finished").read_text())}
         print(json.dumps({k: results[k]}), flush=True)
