@@ -259,10 +259,10 @@ def _recipe_class(path: Path):
     return {"ce": TrainConfig, "ctc": CtcTrainConfig, "sequence": SeqTrainConfig}[kind_of(criterion)]
 
 
-RECIPE_CONFIGS = sorted((ROOT / "recipes").glob("*/conf/*.yaml"))
+RECIPE_CONFIGS = sorted((ROOT / "recipes").glob("*/conf/*.yaml")) + sorted((ROOT / "bench" / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: f"{p.parts[-3]}/{p.name}")
+@pytest.mark.parametrize("path", RECIPE_CONFIGS, ids=lambda p: f"{p.parts[-3]}/{p.parts[-2]}/{p.name}")
 def test_every_recipe_config_loads(path):
     load_config(_recipe_class(path), path)
 

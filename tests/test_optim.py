@@ -368,6 +368,105 @@ def test_dynamic_weights_follow_heldout_and_resume():
     assert all(torch.equal(a, b) for a, b in zip(after, model2.parameters()))
 
 
+class _Subset:
+    """Just what ``HessianFree._combine_gradients`` reads of an objective: the subset index."""
+
+    def __init__(self, subset):
+        self.subset = subset
+
+
+def _combine_sequence(reuse, grads, **kw):
+    """``_combine_gradients`` for update k = 0, 1, ... with (subset, fresh gradient) ``grads[k]``."""
+    opt = HessianFree(nn.Linear(1, 1).parameters(), HFConfig(gradient_reuse=reuse, **kw))
+    out = []
+    for k, (s, g) in enumerate(grads):
+        opt.updates = k  # what step() has counted before update k + 1
+        out.append(opt._combine_gradients(_Subset(s), torch.tensor(g, dtype=torch.float64)))
+    return opt, out
+
+
+def _f64(*v):
+    return torch.tensor(v, dtype=torch.float64)
+
+
+_A0, _A1, _A2, _B0, _B1 = [3.0, 0.0], [0.0, 6.0], [3.0, 3.0], [6.0, 3.0], [1.0, 1.0]
+_SEQ = [(0, _A0), (1, _A1), (2, _A2), (0, _B0), (1, _B1)]  # 3 subsets, then subsets 0 and 1 again
+
+
+def test_saga_corrects_stale_mean_by_hand():
+    opt, out = _combine_sequence("saga", _SEQ)
+    t = _f64
+    # start-up (a subset's first visit): SAG's mean over the subsets seen so far
+    assert torch.equal(out[0][0], t(3.0, 0.0)) and out[0][1] == 1.0
+    assert torch.equal(out[1][0], t(1.5, 3.0)) and out[1][1] == 0.5
+    assert torch.allclose(out[2][0], t(2.0, 3.0)) and out[2][1] == pytest.approx(1 / 3)
+    # subset 0 again: b0 − a0 + (a0 + a1 + a2)/3 = (6,3) − (3,0) + (2,3) = (5, 6)
+    assert torch.allclose(out[3][0], t(5.0, 6.0)) and out[3][1] == 1.0
+    # subset 1 again, a0 now replaced by b0: b1 − a1 + (b0 + a1 + a2)/3 = (1,−5) + (3,4) = (4, −1)
+    assert torch.allclose(out[4][0], t(4.0, -1.0)) and out[4][1] == 1.0
+    assert [v.tolist() for v in opt.stored_gradients.values()] == [_B0, _B1, _A2]
+    assert opt.stored_at == {0: 3, 1: 4, 2: 2}
+
+
+def test_decay_weights_stored_gradients_by_age_by_hand():
+    opt, out = _combine_sequence("decay", _SEQ[:4], reuse_decay=0.5)
+    t = _f64
+    assert torch.equal(out[0][0], t(3.0, 0.0)) and out[0][1] == 1.0
+    # (0.5·a0 + a1) / 1.5 = (1, 4)
+    assert torch.allclose(out[1][0], t(1.0, 4.0)) and out[1][1] == pytest.approx(2 / 3)
+    # (0.25·a0 + 0.5·a1 + a2) / 1.75 = (3.75, 6) / 1.75
+    assert torch.allclose(out[2][0], t(15 / 7, 24 / 7)) and out[2][1] == pytest.approx(1 / 1.75)
+    # subset 0 again: a1 is 2 updates old, a2 1, b0 fresh: (0.25·a1 + 0.5·a2 + b0) / 1.75 = (7.5, 6) / 1.75
+    assert torch.allclose(out[3][0], t(30 / 7, 24 / 7)) and out[3][1] == pytest.approx(1 / 1.75)
+    assert opt.stored_at == {0: 3, 1: 1, 2: 2}
+    # decay 1 is SAG
+    _, sag = _combine_sequence("sag", _SEQ)
+    _, dec1 = _combine_sequence("decay", _SEQ, reuse_decay=1.0)
+    for (a, wa), (b, wb) in zip(sag, dec1):
+        assert torch.allclose(a, b) and wa == pytest.approx(wb)
+
+
+@pytest.mark.parametrize("reuse", ["saga", "decay"])
+def test_corrected_reuse_resumes_exactly(reuse):
+    model, obj, opt, _ = _subset_setup(reuse)
+    for _ in range(5):  # past the start-up: subset 0 is revisited at update 5
+        opt.step(obj)
+    assert [s.subset for s in opt.history] == [0, 1, 2, 3, 0]
+    if reuse == "saga":
+        assert opt.history[-1].fresh_weight == 1.0
+    else:
+        assert opt.history[-1].fresh_weight == pytest.approx(1 / (1 + 0.5 + 0.25 + 0.125))
+    sd = copy.deepcopy(opt.state_dict())
+    assert sd["stored_at"] == {0: 4, 1: 1, 2: 2, 3: 3}
+    state_model = copy.deepcopy(model.state_dict())
+    for _ in range(2):
+        opt.step(obj)
+    after = [p.detach().clone() for p in model.parameters()]
+    model2, obj2, opt2, _ = _subset_setup(reuse)
+    model2.load_state_dict(state_model)
+    opt2.load_state_dict(sd)
+    assert opt2.stored_at == sd["stored_at"] and list(opt2.stored_gradients) == list(sd["stored_gradients"])
+    for _ in range(2):
+        opt2.step(obj2)
+    assert all(torch.equal(a, b) for a, b in zip(after, model2.parameters()))
+    assert all(torch.equal(opt.stored_gradients[k], opt2.stored_gradients[k]) for k in opt.stored_gradients)
+
+
+def test_reuse_config_ranges():
+    from hfasr.config import ConfigError, load_config
+    from hfasr.train.drivers import HFTrainConfig
+
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="reuse_decay"):
+            HFConfig(gradient_reuse="decay", reuse_decay=bad)
+    assert HFConfig(gradient_reuse="decay", reuse_decay=1.0).reuse_decay == 1.0
+    with pytest.raises(ConfigError, match="optimizer.reuse_decay"):
+        load_config(HFTrainConfig, None, {"optimizer.reuse_decay": 2.0})
+    with pytest.raises(ConfigError, match="gradient_reuse"):
+        load_config(HFTrainConfig, None, {"optimizer.gradient_reuse": "sag-a"})
+    assert load_config(HFTrainConfig, None, {"optimizer.gradient_reuse": "saga"}).optimizer.gradient_reuse == "saga"
+
+
 def test_diag_damping_solves_marquardt_system():
     """damping_matrix "diag": the CG step solves (G + λD) p = −g with D = diag/mean(diag) + floor
     (diag: the preconditioner's curvature-diagonal estimate); here checked against a dense solve

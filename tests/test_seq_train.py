@@ -201,11 +201,13 @@ def test_sequence_training_lowers_dev_objective_and_resumes_exactly(tmp_path, pr
     assert _strip(res.history) == _strip(hist)
 
 
-def test_subset_hf_with_gradient_reuse_resumes_exactly(tmp_path, prior):
-    """HF on 3 successive subsets with SAG reuse: lowers the dev objective; resume is exact
-    (the stored subset gradients are in the checkpoint)."""
+@pytest.mark.parametrize("reuse", ["sag", "saga", "decay"])
+def test_subset_hf_with_gradient_reuse_resumes_exactly(tmp_path, prior, reuse):
+    """HF on 3 successive subsets with gradient reuse (SAG; SAGA and age-decayed weights, whose
+    4th update revisits subset 0): lowers the dev objective; resume is exact (the stored subset
+    gradients and their update indices are in the checkpoint)."""
     over = {"hf": {"updates": 4, "heldout_fraction": 0.25, "curvature_fraction": 0.5, "curvature_min": 2,
-                   "num_subsets": 3, "optimizer": {"cg_max_iters": 10, "gradient_reuse": "sag"}}}
+                   "num_subsets": 3, "optimizer": {"cg_max_iters": 10, "gradient_reuse": reuse}}}
     build = functools.partial(_task, prior=prior)
     exp, task, _, _ = _train(_cfg("hf", **over), tmp_path / "full", build)
     assert len(exp.history) == 5 and exp.history[-1]["dev_obj"] < exp.history[0]["dev_obj"]

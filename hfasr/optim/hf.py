@@ -2,8 +2,9 @@
 
 One :meth:`HessianFree.step` is one HF update:
 
-1. mean loss and gradient g on the *gradient data* (the objective decides: whole set, subset,
-   or a stochastic-average combination);
+1. mean loss and gradient g on the *gradient data* (the objective decides: whole set or a
+   subset; on subsets, ``HFConfig.gradient_reuse`` may combine g with the gradients stored for
+   the other subsets: SAG, dynamic weights, SAGA or age-decayed weights);
 2. a curvature batch (sampled by the objective with the optimizer's generator) and its
    linearization :class:`~hfasr.optim.gn.GaussNewton`;
 3. preconditioned CG on ``(G + λI + ηI [+ λμ S]) p = −g`` from ``ζ·p_prev`` with Martens'
@@ -81,11 +82,18 @@ class HFConfig:
     seed: int = bounded(0, ge=0)  # seeds the generator handed to the objective (curvature sampling, preconditioner)
     # Reuse across successive data subsets (Dognin & Goel 2013 / US9483728B2); the objective
     # tells which subset its gradient came from through its ``subset`` attribute.
-    gradient_reuse: Literal["none", "sag", "dynamic"] = "none"  # combine stored per-subset gradients
+    # combine stored per-subset gradients: "none" (the fresh subset gradient only), "sag" (mean
+    # of the stored ones), "dynamic" (SAG with an adapted fresh weight), "saga" (stale gradients
+    # corrected: g_s − g_s,stored + mean of the stored ones) or "decay" (weights reuse_decay^age);
+    # see _combine_gradients. No rule wins everywhere (bench/results/subset_hf.md): "none" is
+    # fastest on synth and FSDD but stalls on AN4, where only "sag" / "dynamic" reach full-batch
+    # HF's dev objective; "saga" and "decay" were never the fastest.
+    gradient_reuse: Literal["none", "sag", "dynamic", "saga", "decay"] = "none"
     reuse_warm_start: bool = True  # False: CG starts from 0 every update
     reuse_damping: bool = True  # False: λ is reset to `damping` every update
     dsag_boost: float = bounded(1.5, gt=0)  # dynamic weighting: fresh-gradient weight ×boost when held-out loss rose
     dsag_drop: float = bounded(2.0 / 3.0, gt=0)  # ... ×drop when it fell (bounded below by the SAG weight 1/S)
+    reuse_decay: float = bounded(0.5, gt=0, le=1)  # "decay": a stored gradient's weight is reuse_decay^(its age in updates); 1 = SAG
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -204,33 +212,55 @@ class HessianFree(torch.optim.Optimizer):
         self.prev_direction: Tensor | None = None
         self.updates = 0
         self.history: list[HFStats] = []
-        self.stored_gradients: dict[int, Tensor] = {}
+        self.stored_gradients: dict[int, Tensor] = {}  # subset → its last gradient (gradient reuse)
+        self.stored_at: dict[int, int] = {}  # subset → value of ``updates`` when it was stored
         self.fresh_weight: float | None = None  # dynamic weighting state
         self._subset: int | None = None
 
     # ----------------------------------------------------------------------- subset reuse
     def _combine_gradients(self, objective: HFObjective, g: Tensor) -> tuple[Tensor, float]:
-        """Stochastic-average gradient over subsets (plain SAG or dynamically weighted).
+        """The update's gradient from the fresh one and those stored per subset (and store it).
 
-        With S subsets seen so far and fresh gradient g_s of subset s:
-        - ``sag``: ĝ = (1/S) Σ_j g_j (the last gradient stored for every subset);
+        With S subsets seen so far (stored gradients g_j, computed ``age_j`` updates ago) and
+        fresh gradient g_s of subset s; returns (ĝ, weight of g_s in ĝ):
+
+        - ``sag``: ĝ = (1/S) Σ_j g_j (g_s replaced by the fresh one first);
         - ``dynamic``: ĝ = w·g_s + (1 − w)·mean_{j≠s} g_j, with w starting at 1/S (= SAG) and
           adapted after every update from the held-out loss change of that update (see
-          :meth:`_adapt_weight`).
+          :meth:`_adapt_weight`);
+        - ``saga`` (Defazio et al. 2014): ĝ = g_s − g_s,stored + (1/S) Σ_j g_j,stored, the mean
+          over all stored gradients *before* g_s,stored is replaced by the fresh one: the stale
+          mean corrected by how subset s's gradient moved since it was stored (weight of g_s: 1).
+          A subset seen for the first time has no stored gradient; its fresh one then stands in
+          for it, which gives SAG's start-up, ĝ = mean over the subsets seen so far;
+        - ``decay``: ĝ = Σ_j d^{age_j} g_j / Σ_j d^{age_j} with d = ``reuse_decay`` (the fresh
+          gradient has age 0, weight 1); d = 1 is SAG, d → 0 the fresh gradient alone.
         """
-        self._subset = getattr(objective, "subset", None)
-        if self.config.gradient_reuse == "none" or self._subset is None:
+        cfg = self.config
+        self._subset = s = getattr(objective, "subset", None)
+        if cfg.gradient_reuse == "none" or s is None:
             return g, 1.0
-        self.stored_gradients[self._subset] = g.detach().clone()
+        fresh = g.detach().clone()
+        old = self.stored_gradients.get(s)
+        if cfg.gradient_reuse == "saga" and old is not None:
+            mean_old = sum(self.stored_gradients.values()) / len(self.stored_gradients)
+            self.stored_gradients[s], self.stored_at[s] = fresh, self.updates
+            return g - old + mean_old, 1.0
+        self.stored_gradients[s], self.stored_at[s] = fresh, self.updates
         S = len(self.stored_gradients)
         if S == 1:
             return g, 1.0
-        if self.config.gradient_reuse == "sag":
+        if cfg.gradient_reuse in ("sag", "saga"):
             return sum(self.stored_gradients.values()) / S, 1.0 / S
+        if cfg.gradient_reuse == "decay":
+            # a gradient restored from a checkpoint without its update index counts as fresh (SAG)
+            weights = [cfg.reuse_decay ** (self.updates - self.stored_at.get(j, self.updates)) for j in self.stored_gradients]
+            total = sum(weights)
+            return sum(w * v for w, v in zip(weights, self.stored_gradients.values())) / total, 1.0 / total
         if self.fresh_weight is None:
             self.fresh_weight = 1.0 / S
         w = min(1.0, max(self.fresh_weight, 1.0 / S))
-        others = [v for k, v in self.stored_gradients.items() if k != self._subset]
+        others = [v for k, v in self.stored_gradients.items() if k != s]
         return w * g + (1 - w) * (sum(others) / len(others)), w
 
     def _adapt_weight(self, stats: HFStats) -> None:
@@ -428,6 +458,7 @@ class HessianFree(torch.optim.Optimizer):
             "generator": self.generator.get_state(),
             "history": [asdict(h) for h in self.history],
             "stored_gradients": {k: v.clone() for k, v in self.stored_gradients.items()},
+            "stored_at": dict(self.stored_at),
             "fresh_weight": self.fresh_weight,
         }
 
@@ -439,5 +470,6 @@ class HessianFree(torch.optim.Optimizer):
         self.generator.set_state(state["generator"])
         self.history = [HFStats(**h) for h in state.get("history", [])]
         self.stored_gradients = {int(k): v.clone() for k, v in state.get("stored_gradients", {}).items()}
+        self.stored_at = {int(k): int(v) for k, v in state.get("stored_at", {}).items()}
         self.fresh_weight = state.get("fresh_weight")
 

@@ -51,7 +51,8 @@ class HFTrainConfig:
     curvature_fraction: float = bounded(0.1, gt=0, le=1)  # examples of the gradient set sampled per update for G v products
     curvature_min: int = bounded(8, ge=1)  # at least this many examples in the curvature sample
     # > 1: HF on successive subsets (update k: gradient and curvature of subset k mod K); reuse
-    # across subsets: optimizer.gradient_reuse (none | sag | dynamic), reuse_warm_start, reuse_damping
+    # across subsets: optimizer.gradient_reuse (none | sag | dynamic | saga | decay), reuse_decay,
+    # reuse_warm_start, reuse_damping
     num_subsets: int = bounded(1, ge=1)
     optimizer: HFConfig = field(default_factory=HFConfig)
 
