@@ -293,3 +293,25 @@ def test_second_run_on_a_held_out_dir_fails_at_once(exp, tmp_path, capsys, stage
         err = _clean_error(capsys, str(out), f"pid {os.getpid()}", "in use")
         assert "another hfasr run" in err
     assert [p.name for p in out.iterdir()] == [DirLock.NAME]  # the refused run wrote nothing
+
+
+# ------------------------------------------------------------------ bounded memory: shard per N cuts
+def test_lattice_shards_follow_shard_utterances(exp, tmp_path):
+    """num_shards 0: one shard per shard_utterances cuts (at least num_jobs), so the stage holds
+    at most that many cuts' log-likelihoods and lattices; the lattices do not depend on it."""
+    import torch
+
+    from hfasr.lattice.generate import lattice_path, load_lattices
+
+    conf = tmp_path / "lat.yaml"
+    conf.write_text("shard_utterances: 7\n")
+    out = tmp_path / "lats"
+    assert main(_lattice_args(exp, out) + ["--config", str(conf)]) == 0
+    n_train = len(load_lattices(lattice_path(exp / "lats", "train"))["cut_ids"])
+    shards = sorted(out.glob("lats_train.*.pt"))
+    shards = [p for p in shards if not p.name.endswith(".index.pt")]
+    assert len(shards) == -(-n_train // 7) > 1
+    a, b = load_lattices(lattice_path(out, "train")), load_lattices(lattice_path(exp / "lats", "train"))
+    assert a["cut_ids"] == b["cut_ids"]
+    for x, y in zip(a["lattices"], b["lattices"]):
+        assert torch.equal(x.src, y.src) and torch.equal(x.tid, y.tid) and torch.equal(x.graph_cost, y.graph_cost)

@@ -19,7 +19,8 @@ Output, one shard per job (Kaldi's ``lat.JOB.gz``) and an index (both readable w
                                      "lattice_beam", "model", "num_lattices", "num_arcs",
                                      "num_frames", "failed"}
 
-The cuts are split into ``num_shards`` (default ``num_jobs``) contiguous shards. A shard is
+The cuts are split into ``num_shards`` contiguous shards (default: one per ``shard_utterances``
+cuts, at least ``num_jobs``, so that the stage's memory stays bounded on any corpus). A shard is
 written atomically when all its cuts are decoded; its ``key`` hashes everything it depends on
 (model, prior, graph, transition model, options, its cut ids), so a rerun after an interruption
 skips every shard already complete for the same inputs (resume per shard) and redoes the
@@ -82,7 +83,11 @@ class LatticeConfig:
     beam: float = bounded(13.0, gt=0)
     lattice_beam: float = bounded(6.0, gt=0)  # lattice pruning beam (larger: richer lattices, slower training)
     num_jobs: int = bounded(2, ge=1)  # decoding processes
-    num_shards: int = bounded(0, ge=0)  # lattice files per split (0: num_jobs); the unit of resumption
+    # lattice files per split, the unit of resumption and of the stage's memory (a shard's
+    # log-likelihoods and lattices are held until it is written); 0: one shard per
+    # shard_utterances cuts, at least num_jobs
+    num_shards: int = bounded(0, ge=0)
+    shard_utterances: int = bounded(1000, ge=1)  # num_shards 0: cuts per shard at most
     num_threads: int = bounded(1, ge=1)  # torch threads for the model's forward pass
     max_arcs_per_frame: int = bounded(0, ge=0)  # > 0: cuts with denser lattices are listed as failed (memory guard)
     keep_words: bool = False  # also store the word id of every arc (+4 bytes per arc; no criterion needs it)
@@ -230,7 +235,7 @@ def generate_lattices(model_path: str | Path, data_dir: str | Path, task: str, s
         raise DataError(f"{model_path}: {prior.numel()} pdfs, but {gmm_dir}/final.mdl has {int(tid2pdf.max()) + 1}")
 
     t0 = time.time()
-    n_sh = min(cfg.num_shards or cfg.num_jobs, len(cuts))
+    n_sh = min(cfg.num_shards or max(cfg.num_jobs, -(-len(cuts) // cfg.shard_utterances)), len(cuts))
     bounds = [len(cuts) * k // n_sh for k in range(n_sh + 1)]
     base = _base_key(model_path, graph, tid2pdf, cfg, task, split)
     shards, failed = [], {}
