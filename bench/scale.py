@@ -72,7 +72,7 @@ def run_factor(work: Path, k: int, nj: int, smbr_updates: int = 0) -> Path:
     print(f"== factor {k}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
     with open(d / "run.log", "w") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0:
         sys.exit(f"factor {k}: the recipe failed (exit {rc}); see {d / 'run.log'}")
     done.write_text(f"{time.time() - t0:.1f}\n")
@@ -128,9 +128,10 @@ def main() -> None:
     base = results[min(results)]
     k0 = min(results)
     lines = [f"# bench/scale.py: the synth recipe at {', '.join(f'{k}x' for k in results)} its training size", "",
-             f"`python bench/scale.py --work {args.work} --factors {' '.join(map(str, args.factors))}"
-             f"{' --out ' + str(args.out) if args.out else ''}` (train utterances: "
-             f"{', '.join(str(BASE_TRAIN * k) for k in results)})", "",
+             (f"`python bench/scale.py --work {args.work} --factors {' '.join(map(str, args.factors))}"
+              f"{' --smbr-updates ' + smbr if (smbr := ','.join(f'{k}:{n}' for k, n in args.smbr_updates.items())) else ''}"
+              f"{' --out ' + str(args.out) if args.out else ''}` (train utterances: "
+              f"{', '.join(str(BASE_TRAIN * k) for k in results)})"), "",
              "| stage | " + " | ".join(f"{k}x RSS MB | {k}x wall s" for k in results) + " | RSS ratio | time / linear |",
              "|---|" + "---:|---:|" * len(results) + "---:|---:|"]
     kmax = max(results)

@@ -39,7 +39,9 @@ def _log_resources(path: str, argv: list[str], wall: float, status: int) -> None
     import json
     import resource
 
-    mb = lambda who: resource.getrusage(who).ru_maxrss / 1024  # noqa: E731 (Linux: KiB)
+    def mb(who: int) -> float:  # Linux: ru_maxrss in KiB
+        return resource.getrusage(who).ru_maxrss / 1024
+
     rec = {"argv": argv, "status": status, "wall_s": round(wall, 3), "max_rss_mb": round(mb(resource.RUSAGE_SELF), 1),
            "max_rss_children_mb": round(mb(resource.RUSAGE_CHILDREN), 1)}
     try:

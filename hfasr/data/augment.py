@@ -63,7 +63,7 @@ def warp_bins(x: Tensor, factor: Tensor) -> Tensor:
 
 def mask_bins(x: Tensor, fill: Tensor, masks: int, width: int, generator: torch.Generator) -> Tensor:
     """``x`` (N, W, F) with ``masks`` random bands of 0..``width`` bins per row set to ``fill`` (F,)."""
-    N, W, F = x.shape
+    N, _, F = x.shape
     bins = torch.arange(F)[None, :]
     keep = torch.ones(N, F, dtype=torch.bool)
     for _ in range(masks):
