@@ -229,6 +229,8 @@ def test_hf_fine_tunes_an_adam_model_from_init(tiny, tmp_path):
                           progress=False, init=tmp_path / "adam" / "final.pt")
     assert ft.history[0]["dev_obj"] == pytest.approx(adam.history[-1]["dev_obj"], rel=1e-5)
     assert ft.history[-1]["dev_obj"] <= ft.history[0]["dev_obj"] and len(ft.history) == 4
+    # the start model is recorded for `hfasr report` (which adds Adam's time to the HF run's)
+    assert (tmp_path / "ft" / "init.txt").read_text().strip() == str((tmp_path / "adam" / "final.pt").resolve())
     with pytest.raises(DataError, match=r"adam/final.pt: its model differs from this run's in \['hidden_size'\]"):
         run_ctc_training(cfg_of(optimizer="hf", blstm={"hidden_size": 5}), tiny, TASK, tmp_path / "bad",
                          lang_dir=tiny / "lang", progress=False, init=tmp_path / "adam" / "final.pt")

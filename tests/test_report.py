@@ -158,3 +158,28 @@ def test_results_cer_column(tmp_path, capsys):
     assert main(["results", str(tmp_path / "exp"), "--task", "t", "--cer"]) == 0
     out = capsys.readouterr().out
     assert "| %CER |" in out and "| t | test | dnn_ce | 8.00 | [5.41, 10.56] | 40/500 | 40.00 |" in out
+
+
+def test_fine_tuned_ctc_run_counts_its_init_runs_time(tmp_path, caplog):
+    """A CTC run started with --init (init.txt) has the init run's training time added: the
+    time-to-target ratios against that run include it."""
+    adam = write_run(tmp_path / "adam", "adam-ctc", "adam", [(0, 0.0, 0.9, None), (1, 60.0, 0.5, None),
+                                                           (2, 120.0, 0.40, None)], criterion="ctc")
+    hf = write_run(tmp_path / "hf", "hf-ctc", "hf", [(0, 0.0, 0.40, None), (1, 30.0, 0.38, None)], criterion="ctc")
+    (hf / "init.txt").write_text(f"{adam / 'final.pt'}\n")
+    r = cmd.read_history(hf)
+    assert r.init_dir == adam and r.init_seconds == 120.0
+    assert [p.wall_s for p in r.points] == [120.0, 150.0]
+    text = cmd.markdown([cmd.read_history(adam), r])
+    assert "fine-tuned from" in text and "120 s" in text
+    c = cmd.compare(r, cmd.read_history(adam))  # hf reaches adam's final 0.40 at its start: Adam's 120 s
+    assert c.run_time == 120.0
+    # an init run without a history: a warning, times unchanged
+    (hf / "init.txt").write_text(f"{tmp_path / 'gone' / 'final.pt'}\n")
+    r = cmd.read_history(hf)
+    assert r.init_dir is None and [p.wall_s for p in r.points] == [0.0, 30.0]
+    assert "no history.jsonl" in caplog.text
+    # sequence runs are not shifted (their --init is the CE model every compared run shares)
+    seq = write_run(tmp_path / "seq", "hf-smbr", "hf", HF)
+    (seq / "init.txt").write_text(f"{adam / 'final.pt'}\n")
+    assert cmd.read_history(seq).points[0].wall_s == 0.0

@@ -70,6 +70,10 @@ class Run:
     # sequence criteria: the acoustic scale of the objective (config.yaml's sequence.acoustic_scale);
     # objectives at different scales are not comparable
     acoustic_scale: float | None = None
+    # CTC run fine-tuned from another run's model (init.txt): that run's training seconds,
+    # already added to every point's wall_s, and its dir
+    init_seconds: float = 0.0
+    init_dir: Path | None = None
 
     @property
     def final(self) -> Point:
@@ -144,6 +148,16 @@ def read_history(exp_dir: str | Path) -> Run:
         raise DataError(f"{path}: no records")
     run.points = [by_update[u] for u in sorted(by_update)]
     run.acoustic_scale = _acoustic_scale(exp_dir / "config.yaml")
+    init = exp_dir / "init.txt"
+    if run.criterion == "ctc" and init.is_file():
+        # fine-tuned from another run's model (hfasr train --criterion ctc --init): its time counts
+        init_dir = Path(init.read_text(encoding="utf-8").strip()).parent
+        if (init_dir / "history.jsonl").is_file():
+            run.init_dir, run.init_seconds = init_dir, read_history(init_dir).final.wall_s
+            for p in run.points:
+                p.wall_s += run.init_seconds
+        else:
+            log.warning("%s names %s, which has no history.jsonl: wall times exclude its training", init, init_dir)
     wer = exp_dir / "decode_test" / "wer.txt"
     if wer.is_file():
         run.test_wer = parse_wer(wer)
@@ -239,6 +253,10 @@ def markdown(runs: list[Run]) -> str:
         crit = r.criterion + (f" (κ {r.acoustic_scale:g})" if r.acoustic_scale is not None else "")
         lines.append(f"| {r.run} | {r.optimizer} | {crit} | {r.final.update} | {r.final.wall_s:.0f} "
                      f"| {_fmt(r.final.dev_obj)} | {_fmt(r.best_dev_obj)} | {_fmt(r.final_dev_wer, '.2f')} | {test} |")
+    inits = [r for r in runs if r.init_dir is not None]
+    if inits:
+        lines += [""] + [f"- {r.run}: fine-tuned from {r.init_dir}; its wall times include that run's "
+                         f"{r.init_seconds:.0f} s" for r in inits]
     comps = comparisons(runs)
     if comps:
         lines += ["", ("Time to reach another run's final dev objective (first wall time with dev objective "

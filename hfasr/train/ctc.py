@@ -332,6 +332,9 @@ def load_init(task: CtcTask, init: str | Path) -> None:
     log.info("CTC: starting from %s", init)
 
 
+INIT_FILE = "init.txt"  # in a run's dir: the --init model it started from
+
+
 def run_ctc_training(cfg: CtcTrainConfig, data_dir: str | Path, task: str, out_dir: str | Path,
                      lang_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
                      init: str | Path | None = None):
@@ -356,6 +359,10 @@ def run_ctc_training(cfg: CtcTrainConfig, data_dir: str | Path, task: str, out_d
         ctc_task = CtcTask(cfg, table, train, dev, exp.device, cmvn=cmvn, prons=prons)
         if init is not None:
             load_init(ctc_task, init)
+            from hfasr.fileio import write_text
+
+            # the model this run started from: `hfasr report` adds that run's training time
+            write_text(Path(out_dir) / INIT_FILE, f"{Path(init).resolve()}\n")
         return ctc_task
 
     return run_experiment(cfg, build, out_dir, resume, progress)
