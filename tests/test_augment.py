@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy_frames import SMALL, TASK, F, params_of
+from toy_frames import SMALL, TASK, F, Killed, kill_at_batch, params_of
 
 from hfasr.config import load_config
 from hfasr.data.augment import AugmentConfig, AugmentedRows, augment_rows, mask_bins, warp_bins
@@ -95,21 +95,10 @@ def test_training_with_augmentation_learns_and_resumes_exactly(corpus, tmp_path,
     a, p = params_of(ref.task.net), params_of(plain.task.net)
     assert any(not torch.equal(a[k], p[k]) for k in a)  # the perturbations reached the training
 
-    class Killed(Exception):
-        pass
-
-    orig, calls = AugmentedRows.batch, {"n": 0}
-
-    def killing(self, indices):
-        calls["n"] += 1
-        if calls["n"] == len(self.shuffled(torch.Generator(), cfg.batch_size)) + 3:
-            raise Killed
-        return orig(self, indices)
-
-    monkeypatch.setattr(AugmentedRows, "batch", killing)
+    undo = kill_at_batch(monkeypatch, AugmentedRows, cfg.batch_size, epoch=2, batch=3)
     with pytest.raises(Killed):
         run_training(cfg, root, TASK, root / "gmm", tmp_path / "b", progress=False)
-    monkeypatch.setattr(AugmentedRows, "batch", orig)
+    undo()
     res = run_training(cfg, root, TASK, root / "gmm", tmp_path / "b", resume=True, progress=False)
     b = params_of(res.task.net)
     assert all(torch.equal(a[k], b[k]) for k in a)

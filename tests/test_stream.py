@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy_frames import SMALL, TASK, params_of
+from toy_frames import SMALL, TASK, Killed, kill_at_batch, params_of
 
 from hfasr.config import load_config
 from hfasr.data.frames import FrameData
@@ -72,21 +72,10 @@ def test_streamed_training_learns_and_resumes_exactly(corpus, tmp_path, monkeypa
     assert isinstance(ref.task.train, StreamedFrameData)
     assert ref.final_record()["dev_acc"] > 0.8
 
-    class Killed(Exception):
-        pass
-
-    orig, calls = FrameRows.batch, {"n": 0}
-
-    def killing(self, indices):
-        calls["n"] += 1
-        if calls["n"] == len(self.shuffled(torch.Generator(), cfg.batch_size)) + 3:
-            raise Killed
-        return orig(self, indices)
-
-    monkeypatch.setattr(FrameRows, "batch", killing)
+    undo = kill_at_batch(monkeypatch, FrameRows, cfg.batch_size, epoch=2, batch=3)
     with pytest.raises(Killed):
         run_training(cfg, root, TASK, root / "gmm", tmp_path / "b", progress=False)
-    monkeypatch.setattr(FrameRows, "batch", orig)
+    undo()
     res = run_training(cfg, root, TASK, root / "gmm", tmp_path / "b", resume=True, progress=False)
     a, b = params_of(ref.task.net), params_of(res.task.net)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 import yaml
-from toy_frames import NUM_PDFS, SEEN, SMALL, TASK, F, params_of, write_ali
+from toy_frames import NUM_PDFS, SEEN, SMALL, TASK, F, Killed, kill_at_batch, params_of, write_ali
 
 from hfasr.cli import main
 from hfasr.config import load_config
@@ -175,10 +175,6 @@ def test_train_cli_adam_reaches_high_accuracy(corpus, tmp_path, capsys):
         run_training(resolved, root, TASK, root / "gmm", out, progress=False)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_resume_is_exact(corpus, tmp_path, monkeypatch):
     root, _ = corpus
     cfg = config(optimizer="sgd", lr=0.2, epochs=4, newbob={"start_halving_impr": 0.3})
@@ -186,19 +182,10 @@ def test_resume_is_exact(corpus, tmp_path, monkeypatch):
     assert ref.final_record()["dev_acc"] > 0.9
 
     # kill in the middle of epoch 3: the checkpoint of epoch 2 stays valid
-    orig = FrameRows.batch
-    calls = {"n": 0}
-
-    def killing(self, indices):
-        calls["n"] += 1
-        if calls["n"] == 2 * len(self.shuffled(torch.Generator(), cfg.batch_size)) + 5:
-            raise Killed
-        return orig(self, indices)
-
-    monkeypatch.setattr(FrameRows, "batch", killing)
+    undo = kill_at_batch(monkeypatch, FrameRows, cfg.batch_size, epoch=3, batch=5)
     with pytest.raises(Killed):
         run_training(cfg, root, TASK, root / "gmm", tmp_path / "b", progress=False)
-    monkeypatch.setattr(FrameRows, "batch", orig)
+    undo()
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["driver"]["epoch"] == 2
     assert not (tmp_path / "b" / "final.pt").exists()
 

@@ -65,3 +65,22 @@ def build_toy_corpus(root: Path) -> tuple[Path, dict]:
 
 def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class Killed(Exception):
+    """Raised by :func:`kill_at_batch` in place of a SIGKILL."""
+
+
+def kill_at_batch(monkeypatch, cls, batch_size: int, epoch: int, batch: int):
+    """Make ``cls.batch`` (a FrameRows class) raise :class:`Killed` at minibatch ``batch`` of
+    ``epoch`` (1-based; a process killed mid-epoch). Returns a function that undoes it."""
+    orig, calls = cls.batch, {"n": 0}
+
+    def killing(self, indices):
+        calls["n"] += 1
+        if calls["n"] == (epoch - 1) * len(self.shuffled(torch.Generator(), batch_size)) + batch:
+            raise Killed
+        return orig(self, indices)
+
+    monkeypatch.setattr(cls, "batch", killing)
+    return lambda: monkeypatch.setattr(cls, "batch", orig)
