@@ -267,35 +267,26 @@ def _items(graph, n=6):
     return [(f"u{i}", crafted(graph, _UTTS[i % 4], seed=i, bias=1.0)[0].numpy()) for i in range(n)]
 
 
-def test_a_worker_that_dies_is_an_error_naming_the_stage(graph, monkeypatch):
+@pytest.mark.parametrize("fault,utt,timeout,desc,match", [
+    ("dies", "u3", 60, "lattices yesno/train", r"hfasr lattices \(lattices yesno/train\).*died"),
+    ("hangs", "u2", 2, "lattices yesno/dev", r"lattices yesno/dev.*no lattice .* for 2 s"),
+])
+def test_a_worker_that_dies_or_hangs_is_an_error_naming_the_stage(graph, monkeypatch, fault, utt, timeout, desc,
+                                                                   match):
     real = generate._one
 
-    def die(item):
-        if item[0] == "u3":
-            os._exit(3)
-        return real(item)
-
-    monkeypatch.setattr(generate, "_one", die)
-    cfg = LatticeConfig(acoustic_scale=0.5, num_jobs=2, worker_timeout=60)
-    t0 = time.time()
-    with pytest.raises(LatticeWorkerError, match=r"hfasr lattices \(lattices yesno/train\).*died"):
-        decode_to_lattices(graph.path, graph.tid2pdf, _items(graph), cfg, desc="lattices yesno/train")
-    assert time.time() - t0 < 30
-
-
-def test_a_worker_that_hangs_is_an_error_naming_the_stage(graph, monkeypatch):
-    real = generate._one
-
-    def hang(item):
-        if item[0] == "u2":
+    def faulty(item):
+        if item[0] == utt:
+            if fault == "dies":
+                os._exit(3)
             time.sleep(3600)
         return real(item)
 
-    monkeypatch.setattr(generate, "_one", hang)
-    cfg = LatticeConfig(acoustic_scale=0.5, num_jobs=2, worker_timeout=2)
+    monkeypatch.setattr(generate, "_one", faulty)
+    cfg = LatticeConfig(acoustic_scale=0.5, num_jobs=2, worker_timeout=timeout)
     t0 = time.time()
-    with pytest.raises(LatticeWorkerError, match=r"lattices yesno/dev.*no lattice .* for 2 s"):
-        decode_to_lattices(graph.path, graph.tid2pdf, _items(graph), cfg, desc="lattices yesno/dev")
+    with pytest.raises(LatticeWorkerError, match=match):
+        decode_to_lattices(graph.path, graph.tid2pdf, _items(graph), cfg, desc=desc)
     assert time.time() - t0 < 30
 
 

@@ -147,6 +147,10 @@ class FrameData:
         """Frames per utterance (U,)."""
         return self.offsets[1:] - self.offsets[:-1]
 
+    def shuffled_frames(self, generator: torch.Generator) -> Tensor:
+        """A random permutation of all frame indices (the first-order minibatch order)."""
+        return torch.randperm(self.num_frames, generator=generator)
+
     def pdf_counts(self) -> Tensor:
         """Frames per pdf (num_pdfs,), float64."""
         return torch.bincount(self.targets, minlength=self.num_pdfs).double()

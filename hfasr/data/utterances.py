@@ -186,10 +186,8 @@ class FrameRows:
     def shuffled(self, generator: torch.Generator, batch_size: int) -> list[Tensor]:
         """Minibatches of ``batch_size`` frames of a random order (``randperm`` with ``generator``;
         for :class:`~hfasr.data.stream.StreamedFrameData`, shuffled within blocks of utterances)."""
-        if getattr(self.data, "streamed", False) and self.index is None:
-            order = self.data.shuffled_frames(generator)  # shuffled within blocks of utterances
-        else:
-            order = torch.randperm(len(self), generator=generator)
+        # the data decides the order of all its frames (streamed data: within blocks of utterances)
+        order = self.data.shuffled_frames(generator) if self.index is None else torch.randperm(len(self), generator=generator)
         return [order[s : s + batch_size] for s in range(0, len(self), batch_size)]
 
     def batch(self, indices: Sequence[int] | Tensor) -> Batch:
