@@ -190,16 +190,16 @@ def test_skip_bad_writes_report(yesno_dir, tmp_path):
     assert {c.recording.id for c in y["test"]} <= set(files[1::2])
 
 
-def _fake_librispeech(root: Path, parts=("train-clean-5", "dev-clean-2")) -> Path:
+def _fake_librispeech(root: Path, parts=("train-clean-5", "dev-clean-2"), n_spk: int = 2) -> Path:
     ls = root / "LibriSpeech"
     for pi, part in enumerate(parts):
-        for spk, ch in ((100 + pi, 10), (200 + pi, 20)):
+        for spk, ch in [(100 * (k + 1) + pi, 10 * (k + 1)) for k in range(n_spk)]:
             d = ls / part / str(spk) / str(ch)
             lines = []
             for i in range(2):
                 uid = f"{spk}-{ch}-{i:04d}"
                 write_tone(d / f"{uid}.flac", 0.4 + 0.1 * i, fmt="FLAC", seed=i)
-                lines.append(f"{uid} HELLO WORLD NUMBER {i}")
+                lines.append(f"{uid} HELLO WORLD NUMBER {('ONE', 'TWO')[i]}")
             (d / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -211,6 +211,57 @@ def test_librispeech_fake(tmp_path):
     assert len(t["train"]) == 4 and len(t["dev"]) == 4 and len(t["test"]) == 4
     assert next(iter(t["train"])).supervisions[0].text.startswith("HELLO WORLD")
     assert manifest_path(tmp_path / "o", "librispeech", "train").is_file()
+
+
+def test_librispeech_held_out_speakers_lexicon_parts(tmp_path):
+    """train-clean-5 alone: dev and test are whole held-out training speakers; the lexicon comes
+    from a given file, then CMUdict; a training utterance with a word in neither is dropped (or
+    an error naming it), an evaluation one keeps it."""
+    root = _fake_librispeech(tmp_path / "corpus", parts=("train-clean-5",), n_spk=5)
+    trans = root / "LibriSpeech" / "train-clean-5" / "100" / "10" / "100-10.trans.txt"
+    trans.write_text("100-10-0000 HELLO ZZYZXQ\n100-10-0001 HELLO WORLD\n")
+    trans = root / "LibriSpeech" / "train-clean-5" / "200" / "20" / "200-20.trans.txt"
+    trans.write_text("200-20-0000 HELLO QQXQZ\n200-20-0001 HELLO WORLD\n")
+    given = tmp_path / "lex.txt"
+    given.write_text("HELLO HH AH0 L OW1\nZZYZXQ Z AY1\n")
+    cfg = tmp_path / "prep.yaml"
+    cfg.write_text(f"dev_speakers: ['300']\ntest_speakers: ['200']\nlexicon: {given}\n")
+    t = prepare_corpus("mini_librispeech", tmp_path / "o", corpus_dir=root, config=cfg)["librispeech"]
+    spk = {s: {c.supervisions[0].speaker for c in t[s]} for s in ("train", "dev", "test")}
+    assert spk == {"train": {"100", "400", "500"}, "dev": {"300"}, "test": {"200"}}
+    lex = (tmp_path / "o" / "librispeech_lexicon.txt").read_text().splitlines()
+    assert "HELLO HH AH L OW" in lex and "ZZYZXQ Z AY" in lex  # the given file's, stress stripped
+    assert "WORLD W ER L D" in lex and not any(x.startswith("QQXQZ ") for x in lex)  # CMUdict; unknown
+    assert "200-20-0000" in {c.id.split("_")[0][:11] for c in t["test"]}  # kept with its OOV
+    parts = (tmp_path / "o" / "librispeech_test_parts.txt").read_text().split()
+    assert parts[1::2] == ["heldout"] * len(t["test"])
+    trans = root / "LibriSpeech" / "train-clean-5" / "400" / "40" / "400-40.trans.txt"
+    trans.write_text("400-40-0000 HELLO QQXQZ\n400-40-0001 HELLO WORLD\n")
+    t = prepare_corpus("mini_librispeech", tmp_path / "o2", corpus_dir=root, config=cfg)["librispeech"]
+    assert [c.id for c in t["train"] if c.id.startswith("400-40-0000")] == []
+    cfg.write_text(f"dev_speakers: ['300']\ntest_speakers: ['200']\nunknown_words: error\nlexicon: {given}\n")
+    with pytest.raises(DataError, match=r"word 'QQXQZ' of training utterance '400-40-0000.*neither"):
+        prepare_corpus("mini_librispeech", tmp_path / "o3", corpus_dir=root, config=cfg)
+    cfg.write_text("dev_utterances: 3\ntest_utterances: 3\n")
+    trans.write_text("400-40-0000 HELLO\n400-40-0001 HELLO WORLD\n")
+    t = prepare_corpus("mini_librispeech", tmp_path / "o4", corpus_dir=root, config=cfg)["librispeech"]
+    n = {s: len({c.supervisions[0].speaker for c in t[s]}) for s in ("train", "dev", "test")}
+    assert n == {"train": 1, "dev": 2, "test": 2}
+    # dev = the dev-clean-2 part, test = held-out training speakers; with a test-* part too,
+    # held-out test speakers are a config error
+    root2 = _fake_librispeech(tmp_path / "corpus2")
+    cfg.write_text("test_speakers: ['200']\n")
+    t = prepare_corpus("mini_librispeech", tmp_path / "o5", corpus_dir=root2, config=cfg)["librispeech"]
+    assert {c.supervisions[0].speaker for c in t["dev"]} == {"101", "201"}
+    assert {c.supervisions[0].speaker for c in t["test"]} == {"200"}
+    root3 = _fake_librispeech(tmp_path / "corpus3", parts=("train-clean-100", "dev-clean", "test-clean"))
+    with pytest.raises(ConfigError, match="test_speakers / test_utterances: the parts \\['test-clean'\\]"):
+        prepare_corpus("librispeech", tmp_path / "o7", corpus_dir=root3, config=cfg)
+    # dev held out of train: dev-clean-2 becomes the test set, named per part
+    cfg.write_text("dev_speakers: ['100']\n")
+    t = prepare_corpus("mini_librispeech", tmp_path / "o6", corpus_dir=root2, config=cfg)["librispeech"]
+    assert {c.supervisions[0].speaker for c in t["test"]} == {"101", "201"}
+    assert set((tmp_path / "o6" / "librispeech_test_parts.txt").read_text().split()[1::2]) == {"dev-clean-2"}
 
 
 def test_librispeech_empty_transcript(tmp_path):

@@ -370,7 +370,7 @@ def _fake_librispeech(root: Path, odd: dict[str, dict]) -> Path:
         for i in range(2):
             uid = f"{spk}-10-{i:04d}"
             _tone(d / f"{uid}.flac", fmt="FLAC", **odd.get(uid, {}))
-            lines.append(f"{uid} HELLO {i}")
+            lines.append(f"{uid} HELLO {('ONE', 'TWO')[i]}")
         (d / f"{spk}-10.trans.txt").write_text("\n".join(lines) + "\n")
     return root
 

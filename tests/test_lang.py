@@ -304,6 +304,23 @@ def test_vocab_from_transcripts_with_user_lexicon(yesno_cuts, tmp_path):
     assert sorted(p for p in lang.phones if p[0].isalpha()) == ["EH", "N", "OW", "S", "SIL", "Y"]
 
 
+def test_unk_word_and_open_splits(yesno_cuts, tmp_path):
+    """Open vocabulary (the LibriSpeech recipe): an unk_word pronounced with a garbage phone
+    stands in for words outside words.txt when transcripts are aligned; open_splits are only
+    measured (lm_stats.txt); without unk_word an unknown word is still an error naming it."""
+    cfg = LangConfig(lm_order=2, check_splits=["train"], open_splits=["dev", "test"], unk_word="<UNK>")
+    lang = prepare_lang(yesno_cuts, "yesno", tmp_path / "lang", cfg)
+    assert lang.lexicon.prons["<UNK>"] == [("SPN",)] and "SPN" in lang.phones
+    assert "<UNK>" in read_arpa(tmp_path / "lang" / "lm.arpa").vocab
+    assert lang.word_ids("YES MAYBE NO") == [lang.words["YES"], lang.words["<UNK>"], lang.words["NO"]]
+    assert [ln.split(":")[0] for ln in lang.lm_stats()] == ["dev", "test"]
+    plain = prepare_lang(yesno_cuts, "yesno", tmp_path / "lang2", LangConfig(lm_order=2))
+    with pytest.raises(DataError, match=r"word 'MAYBE' of utterance 'u1' is not in"):
+        plain.word_ids("YES MAYBE", "u1")
+    with pytest.raises(DataError, match="unk_word 'YES' is a word of the lexicon"):
+        prepare_lang(yesno_cuts, "yesno", tmp_path / "lang3", LangConfig(lm_order=2, unk_word="YES"))
+
+
 # ------------------------------------------------------------------------------------------ an4
 
 # ../shared/data/an4, as conftest.py locates yesno and fsdd (HFASR_SHARED_DATA overrides)

