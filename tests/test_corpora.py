@@ -248,15 +248,16 @@ def test_librispeech_held_out_speakers_lexicon_parts(tmp_path):
     n = {s: len({c.supervisions[0].speaker for c in t[s]}) for s in ("train", "dev", "test")}
     assert n == {"train": 1, "dev": 2, "test": 2}
     # dev = the dev-clean-2 part, test = held-out training speakers; with a test-* part too,
-    # held-out test speakers are a config error
+    # the held-out test speakers are unused (the fallback) and the test-* part is the test set
     root2 = _fake_librispeech(tmp_path / "corpus2")
     cfg.write_text("test_speakers: ['200']\n")
     t = prepare_corpus("mini_librispeech", tmp_path / "o5", corpus_dir=root2, config=cfg)["librispeech"]
     assert {c.supervisions[0].speaker for c in t["dev"]} == {"101", "201"}
     assert {c.supervisions[0].speaker for c in t["test"]} == {"200"}
     root3 = _fake_librispeech(tmp_path / "corpus3", parts=("train-clean-100", "dev-clean", "test-clean"))
-    with pytest.raises(ConfigError, match="test_speakers / test_utterances: the parts \\['test-clean'\\]"):
-        prepare_corpus("librispeech", tmp_path / "o7", corpus_dir=root3, config=cfg)
+    t = prepare_corpus("librispeech", tmp_path / "o7", corpus_dir=root3, config=cfg)["librispeech"]
+    assert {c.supervisions[0].speaker for c in t["test"]} == {"102", "202"}
+    assert {c.supervisions[0].speaker for c in t["train"]} == {"100", "200"}
     # dev held out of train: dev-clean-2 becomes the test set, named per part
     cfg.write_text("dev_speakers: ['100']\n")
     t = prepare_corpus("mini_librispeech", tmp_path / "o6", corpus_dir=root2, config=cfg)["librispeech"]

@@ -321,6 +321,27 @@ def test_unk_word_and_open_splits(yesno_cuts, tmp_path):
         prepare_lang(yesno_cuts, "yesno", tmp_path / "lang3", LangConfig(lm_order=2, unk_word="YES"))
 
 
+def test_lang_from_given_arpa(yesno_cuts, tmp_path):
+    """--arpa: G is the given LM less its n-grams with words outside the lexicon (remove_oovs)."""
+    from hfasr.cli import main
+    from hfasr.lang.arpa import NgramLM
+
+    lm = NgramLM(order=2, vocab=["MAYBE", "NO", "YES"],
+                 probs=[{}, {("<s>",): -99.0, ("</s>",): -0.6, ("YES",): -0.5, ("NO",): -0.7, ("MAYBE",): -1.0},
+                        {("<s>", "YES"): -0.2, ("YES", "MAYBE"): -0.3, ("MAYBE", "NO"): -0.1}],
+                 backoffs={("<s>",): -0.1, ("YES",): -0.2, ("MAYBE",): -0.3})
+    lm.write_arpa(tmp_path / "given.arpa")
+    assert main(["lang", "--data-dir", str(yesno_cuts), "--task", "yesno", "--out", str(tmp_path / "lang"),
+                 "--arpa", str(tmp_path / "given.arpa")]) == 0
+    g = read_arpa(tmp_path / "lang" / "lm.arpa")
+    assert g.vocab == ["NO", "YES"] and g.order == 2
+    assert g.probs[2] == {("<s>", "YES"): -0.2} and ("MAYBE",) not in g.backoffs
+    assert g.log10_prob("NO", ["YES"]) == pytest.approx(-0.2 - 0.7)
+    (tmp_path / "other.arpa").write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0\tFOO\n\n\\end\\\n")
+    with pytest.raises(DataError, match="shares no word with the lexicon"):
+        prepare_lang(yesno_cuts, "yesno", tmp_path / "lang2", arpa=tmp_path / "other.arpa")
+
+
 # ------------------------------------------------------------------------------------------ an4
 
 # ../shared/data/an4, as conftest.py locates yesno and fsdd (HFASR_SHARED_DATA overrides)

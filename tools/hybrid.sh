@@ -15,6 +15,7 @@ seq_runs=${seq_runs-}
 lm_weights=${lm_weights-}
 word_penalties=${word_penalties:-0,0.5,1}
 gmm_lm_weights=${gmm_lm_weights:-5,7,9,10,11,13,15,17}  # the GMM's dev sweep (stage 4)
+arpa=${arpa-}  # non-empty: G from this ARPA file (stage 3) instead of the training transcripts
 realign=${realign-}  # non-empty: realign with a first CE DNN and train dnn_ce on its alignments (stage 5)
 results_cer=${results_cer-}  # non-empty: a %CER column in the results table (stage 9)
 
@@ -27,7 +28,8 @@ decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, sco
     --num-workers "$nj" ${lm_weights:+--lm-weights "$lm_weights"} --word-penalties "$word_penalties"
 }
 
-stage_run 3 lang hfasr lang --data-dir "$data" --task "$task" --out "$exp/lang" --config "$conf/lang.yaml"
+stage_run 3 lang hfasr lang --data-dir "$data" --task "$task" --out "$exp/lang" --config "$conf/lang.yaml" \
+  ${arpa:+--arpa "$arpa"}
 stage_run 4 gmm hfasr gmm --data-dir "$data" --task "$task" --lang "$exp/lang" --out "$exp/gmm" \
   --config "$conf/gmm.yaml" --num-jobs "$nj" --decode-split test --lm-weights "$gmm_lm_weights" --quiet
 ali=$exp/gmm  # the alignments of CE and sequence training

@@ -703,7 +703,8 @@ class LibrispeechConfig:
     # > 0: dev = whole training speakers (seeded choice) until it has this many utterances;
     # 0 (and no dev_speakers): dev = the dev-* parts, as in lhotse's recipe
     dev_utterances: int = bounded(0, ge=0)
-    # test speakers held out of the training parts the same way; only when no dev-*/test-* part is left for test
+    # fallback test set: speakers held out of the training parts the same way, used only when the
+    # corpus has no dev-*/test-* part left for test (else a warning says they are unused)
     test_speakers: list[str] | None = field(default=None, metadata=limits(nonempty=True))
     test_utterances: int = bounded(0, ge=0)
     seed: int = bounded(0, ge=0)  # shuffles the sorted training speakers for the automatic choices
@@ -831,8 +832,8 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
         train = [c for c in train if c.supervisions[0].speaker not in test_spk]
         log.info("librispeech: test = training speakers %s (%d utterances)", sorted(test_spk), len(evals["heldout"]))
     elif cfg.test_speakers is not None or cfg.test_utterances > 0:
-        raise ConfigError(f"{corpus_dir}: test_speakers / test_utterances: the parts {sorted(evals)} are the test "
-                          "set; hold out test speakers only when no dev-*/test-* part is left for test")
+        log.warning("%s: test = the parts %s; test_speakers / test_utterances (the fallback without them) unused",
+                    corpus_dir, sorted(evals))
     if not evals and dev and not held_dev:
         log.warning("%s: no test-* part (mini_librispeech has none): using the dev part as test", corpus_dir)
         evals = {part: list(parts[part]) for part in parts if part.startswith("dev")}

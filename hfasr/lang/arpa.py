@@ -207,3 +207,15 @@ def read_arpa(path: str | Path) -> NgramLM:
         raise DataError(f"{path}: no n-grams found")
     vocab = sorted(w for (w,) in probs[1] if w not in (BOS, EOS))
     return NgramLM(order=len(probs) - 1, vocab=vocab, probs=probs, backoffs=backoffs)
+
+
+def restrict_lm(lm: NgramLM, words: set[str]) -> NgramLM:
+    """``lm`` without the n-grams (and backoff weights) that contain a word outside ``words``
+    (``<s>`` and ``</s>`` are kept), as Kaldi's ``remove_oovs.pl`` does before ``arpa2fst``: the
+    remaining model is not renormalised. A DataError if no unigram is left."""
+    keep = words | {BOS, EOS}
+    probs = [{ng: p for ng, p in d.items() if all(w in keep for w in ng)} for d in lm.probs]
+    if not any(ng[0] in words for ng in probs[1]):
+        raise DataError(f"the LM shares no word with the lexicon ({len(lm.vocab)} LM words, {len(words)} lexicon words)")
+    backoffs = {h: b for h, b in lm.backoffs.items() if all(w in keep for w in h)}
+    return NgramLM(order=lm.order, vocab=[w for w in lm.vocab if w in words], probs=probs, backoffs=backoffs)

@@ -19,7 +19,7 @@ from hfasr._kaldi import write_fst
 from hfasr.config import bounded, check_ranges, limits, save_config
 from hfasr.errors import DataError
 from hfasr.fileio import staged_dir, write_text
-from hfasr.lang.arpa import NgramLM, perplexity, train_witten_bell
+from hfasr.lang.arpa import NgramLM, perplexity, read_arpa, restrict_lm, train_witten_bell
 from hfasr.lang.graphs import (
     arpa_to_fst,
     make_lexicon_fst,
@@ -98,7 +98,7 @@ def find_lexicon(data_dir: Path, task: str, lexicon: str | Path | None = None) -
 
 
 def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConfig | None = None,
-                 lexicon: str | Path | None = None) -> Lang:
+                 lexicon: str | Path | None = None, arpa: str | Path | None = None) -> Lang:
     """Build the lang dir ``out`` for ``task`` from the transcripts in ``data_dir``.
 
     The lexicon is ``lexicon`` (a ``WORD PHONE...`` file), else the task's built-in one, else the
@@ -132,7 +132,7 @@ def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConf
         if split not in held_out:
             trans, _ = read_transcripts(data_dir, task, split)
             held_out[split] = [t.split() for _, t in trans]
-    return build_lang(lex, lm_text, out, cfg, eval_text=held_out)
+    return build_lang(lex, lm_text, out, cfg, eval_text=held_out, arpa=arpa)
 
 
 @dataclass
@@ -179,7 +179,7 @@ def write_lm_stats(path: Path, stats: list[LmStats], cfg: LangConfig, lm_text: l
 
 
 def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: LangConfig | None = None,
-               eval_text: dict[str, list[list[str]]] | None = None) -> Lang:
+               eval_text: dict[str, list[list[str]]] | None = None, arpa: str | Path | None = None) -> Lang:
     """Write the lang dir ``out`` for lexicon ``lex`` with LMs trained on ``lm_text`` (word lists).
 
     With ``eval_text`` (split -> word lists), also ``lm_stats.txt``: OOV rate and perplexity of G
@@ -189,7 +189,7 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
     cfg = cfg or LangConfig()
     out = Path(out)
     with staged_dir(out) as stage:
-        stats, n_dis = _write_lang(lex, lm_text, stage, cfg, eval_text)
+        stats, n_dis = _write_lang(lex, lm_text, stage, cfg, eval_text, arpa)
     if not eval_text:  # an older run's stats would describe another LM
         (out / "lm_stats.txt").unlink(missing_ok=True)
     for st in stats:
@@ -201,7 +201,8 @@ def build_lang(lex: Lexicon, lm_text: list[list[str]], out: str | Path, cfg: Lan
 
 
 def _write_lang(lex: Lexicon, lm_text: list[list[str]], out: Path, cfg: LangConfig,
-                eval_text: dict[str, list[list[str]]] | None) -> tuple[list[LmStats], int]:
+                eval_text: dict[str, list[list[str]]] | None,
+                arpa: str | Path | None = None) -> tuple[list[LmStats], int]:
     """Write every file of the lang dir into ``out`` (a staging dir); returns the LM statistics
     of ``eval_text`` and the number of disambiguation phones."""
     # phones: <eps>, SIL, non-silence phones, #0..#k (k: lexicon disambig + one for silence)
@@ -230,7 +231,11 @@ def _write_lang(lex: Lexicon, lm_text: list[list[str]], out: Path, cfg: LangConf
     write_fst(Ld, out / "L_disambig.fst")
 
     for name, order in (("lm", cfg.lm_order), ("lm_weak", cfg.weak_lm_order)):
-        lm = train_witten_bell(lm_text, lex.words, order)
+        if name == "lm" and arpa is not None:
+            lm = restrict_lm(read_arpa(arpa), set(lex.words))
+            log.info("G from %s: %d-gram, %d of its words in the lexicon", arpa, lm.order, len(lm.vocab))
+        else:
+            lm = train_witten_bell(lm_text, lex.words, order)
         lm.write_arpa(out / f"{name}.arpa")
         g = arpa_to_fst(out / f"{name}.arpa", out / "words.txt")
         write_fst(g, out / ("G.fst" if name == "lm" else "G_weak.fst"))

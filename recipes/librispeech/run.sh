@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# hfasr recipe for LIBRISPEECH (bring your own copy, or --download where the corpus is public).
-#   0 download  lhotse's download (only with --download true)
-#   1 prepare   lhotse manifests (train / dev / test)
-#   2 features  fbank (lilcom) + global CMVN stats (speed perturbation of train)
-# Usage: recipes/librispeech/run.sh --corpus-dir DIR [--stage N] [--stop-stage M]
+# hfasr recipe for LibriSpeech: the hybrid pipeline GMM -> CE DNN -> HF-sMBR on any LibriSpeech
+# parts (benchmark: mini LibriSpeech's train-clean-5, 5.3 h, with dev-clean-2 as test if given).
+#   0 download  lhotse's download of mini LibriSpeech (only with --download true)
+#   1 prepare   lhotse manifests: train = the train-* parts less 3 speakers held out as dev;
+#               test = the dev-*/test-* parts given (else 3 more held-out speakers);
+#               data/librispeech_lexicon.txt (--lexicon FILE if given, then CMUdict)
+#   2 features  fbank (lilcom) + global CMVN stats
+#   3-9         lang (training-transcript vocabulary, 3-gram G on the training transcripts or
+#               --arpa FILE), monophone GMM, CE DNN (streamed frames), decoding, lattices,
+#               HF-sMBR (--seq-runs), the WER table (tools/hybrid.sh)
+#   10 parts    the %WER of every test part (dev-clean-2, test-clean, test-other ...) of each
+#               system: exp/results_parts.md
+# conf/ holds the settings (see the comments in each file); all choices on the dev speakers.
+# Usage: recipes/librispeech/run.sh --corpus-dir DIR [--stage N] [--stop-stage M] [--arpa LM.arpa]
+#        [--lexicon FILE] [--seq-runs "smbr_hf"]
+#   DIR holds LibriSpeech/<part>/<speaker>/<chapter>/ (or the <part> folders themselves).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -14,17 +25,35 @@ corpus_dir=""
 download=false
 data=$here/data
 exp=$here/exp
+conf=$here/conf
+arpa=""       # an ARPA LM for G (e.g. LibriSpeech's 3-gram.pruned.1e-7.arpa); "" = 3-gram on the training transcripts
+lexicon=""    # a lexicon file (e.g. librispeech-lexicon.txt) before CMUdict; "" = CMUdict only
+seq_runs="smbr_hf"
+lm_weights="8,10,12,14,17"
+word_penalties="0,0.5"
+gmm_lm_weights="7,9,11,13,15,17"
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
 . "$root/tools/recipe.sh"
 task=librispeech
 
-if [ "$download" = true ]; then
-  stage_run 0 download hfasr prepare librispeech --download --out "$data" --config "$here/conf/prepare.yaml"
-elif [ -z "$corpus_dir" ]; then
-  echo "$0: pass --corpus-dir DIR (your copy of LIBRISPEECH) or --download true" >&2; exit 2
-else
-  stage_run 1 prepare hfasr prepare librispeech --corpus-dir "$corpus_dir" --out "$data" --config "$here/conf/prepare.yaml" --num-jobs "$nj"
+prep_conf=$conf/prepare.yaml
+if [ -n "$lexicon" ]; then  # conf/prepare.yaml with the given lexicon
+  mkdir -p "$exp"; prep_conf=$exp/prepare.yaml
+  sed "s|^lexicon:.*|lexicon: $(realpath "$lexicon")|" "$conf/prepare.yaml" > "$prep_conf"
 fi
-stage_run 2 features hfasr features "$data" --task $task --config "$here/conf/fbank.yaml"
-hfasr info "$data"
+prep_opts=(--out "$data" --config "$prep_conf" --num-jobs "$nj")
+if [ "$download" = true ]; then
+  stage_run 0 download hfasr prepare mini_librispeech --download "${prep_opts[@]}"
+elif [ -z "$corpus_dir" ]; then
+  echo "$0: pass --corpus-dir DIR (your copy of LibriSpeech) or --download true" >&2; exit 2
+else
+  stage_run 1 prepare hfasr prepare mini_librispeech --corpus-dir "$corpus_dir" "${prep_opts[@]}"
+fi
+stage_run 2 features hfasr features "$data" --task $task --config "$conf/fbank.yaml"
+. "$root/tools/hybrid.sh"
+if [ 10 -ge "$stage" ] && [ 10 -le "$stop_stage" ]; then
+  dirs=("$exp/gmm/decode_test" "$exp/dnn_ce/decode_test")
+  for run in $seq_runs; do dirs+=("$exp/dnn_$run/decode_test"); done
+  "$root/tools/score_parts.sh" "$data/${task}_test_parts.txt" "$exp/dnn_ce/ref_test.txt" "$exp/results_parts.md" "${dirs[@]}"
+fi
