@@ -236,7 +236,12 @@ def test_librispeech_held_out_speakers_lexicon_parts(tmp_path):
     parts = (tmp_path / "o" / "librispeech_test_parts.txt").read_text().split()
     assert parts[1::2] == ["heldout"] * len(t["test"])
     trans = root / "LibriSpeech" / "train-clean-5" / "400" / "40" / "400-40.trans.txt"
-    trans.write_text("400-40-0000 HELLO QQXQZ\n400-40-0001 HELLO WORLD\n")
+    trans.write_text("400-40-0000 HELLO QQXQZ\n400-40-0001 HELLO WORLD'S\n")
+    t = prepare_corpus("mini_librispeech", tmp_path / "o1", corpus_dir=root, config=cfg)["librispeech"]
+    assert [c.id[:11] for c in t["train"] if c.id.startswith("400-40-0000")] == ["400-40-0000"]  # kept
+    lex = (tmp_path / "o1" / "librispeech_lexicon.txt").read_text().splitlines()
+    assert "WORLD'S W ER L D Z" in lex and not any(x.startswith("QQXQZ ") for x in lex)  # possessive rule
+    cfg.write_text(cfg.read_text() + "unknown_words: drop\n")
     t = prepare_corpus("mini_librispeech", tmp_path / "o2", corpus_dir=root, config=cfg)["librispeech"]
     assert [c.id for c in t["train"] if c.id.startswith("400-40-0000")] == []
     cfg.write_text(f"dev_speakers: ['300']\ntest_speakers: ['200']\nunknown_words: error\nlexicon: {given}\n")

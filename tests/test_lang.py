@@ -317,6 +317,13 @@ def test_unk_word_and_open_splits(yesno_cuts, tmp_path):
     plain = prepare_lang(yesno_cuts, "yesno", tmp_path / "lang2", LangConfig(lm_order=2))
     with pytest.raises(DataError, match=r"word 'MAYBE' of utterance 'u1' is not in"):
         plain.word_ids("YES MAYBE", "u1")
+    # a training word outside the lexicon is <UNK> in G's text instead of an error
+    lex = tmp_path / "yes.txt"
+    lex.write_text("YES Y EH S\n")
+    lang = prepare_lang(yesno_cuts, "yesno", tmp_path / "lang4", cfg, lexicon=lex)
+    assert lang.lexicon.words == ["<UNK>", "YES"]
+    g = read_arpa(tmp_path / "lang4" / "lm.arpa")
+    assert ("YES", "<UNK>") in g.probs[2] and ("<UNK>", "YES") in g.probs[2]  # NO's bigrams, as <UNK>
     with pytest.raises(DataError, match="unk_word 'YES' is a word of the lexicon"):
         prepare_lang(yesno_cuts, "yesno", tmp_path / "lang3", LangConfig(lm_order=2, unk_word="YES"))
 

