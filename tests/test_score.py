@@ -172,3 +172,26 @@ def test_score_cli(tmp_path, capsys):
                       "--out", str(tmp_path / "out2"), "--mode", "all", "--replications", "100"])
     cmd.run(args)
     assert "[PARTIAL]" in (tmp_path / "out2" / "wer.txt").read_text()
+
+
+def test_score_parts_tool(tmp_path):
+    """tools/score_parts.sh: one %WER per test part of each decode dir, hand-counted."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "parts.txt").write_text("a1 dev-clean-2\na2 dev-clean-2\nb1 test-other\n")
+    (tmp_path / "ref.txt").write_text("a1 THE CAT SAT\na2 ON A MAT\nb1 HELLO THERE\n")
+    d = tmp_path / "exp" / "dnn_ce" / "decode_test"
+    d.mkdir(parents=True)
+    (d / "hyp.txt").write_text("a1 THE CAT\na2 ON A MAT\nb1 HELLO HERE\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    out = subprocess.run(["bash", str(root / "tools" / "score_parts.sh"), str(tmp_path / "parts.txt"),
+                          str(tmp_path / "ref.txt"), str(tmp_path / "parts.md"), str(d)],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0] == "| system | dev-clean-2 | test-other |"
+    assert lines[2].startswith("| dnn_ce | 16.67 [") and "| 50.00 [" in lines[2]  # 1/6 deleted, 1/2 substituted
+    assert (d / "parts" / "test-other" / "ref.txt").read_text() == "b1 HELLO THERE\n"
