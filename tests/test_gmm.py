@@ -255,6 +255,33 @@ def test_split_targets_like_kaldi():
     assert sum(split_targets(np.array([1e4, 1e4]), target=10, power=1.0, min_count=1.0)) == 10
 
 
+def test_gmm_parallel_decode_and_decode_only(yesno_gmm, yesno_data, tmp_path):
+    """decode_gmm_parallel gives decode_gmm's words in the same order; --decode-only re-decodes
+    an existing GMM dir (here with 2 processes and a narrower beam) without retraining."""
+    import shutil
+
+    from hfasr.cli import main
+    from hfasr.gmm.decode import decode_gmm, decode_gmm_parallel
+
+    cuts = list(_cuts(yesno_data, "test"))[:6]
+    assert decode_gmm_parallel(yesno_gmm / "gmm", cuts, 2, acoustic_scale=0.1) == decode_gmm(
+        yesno_gmm / "gmm", cuts, acoustic_scale=0.1)
+    g = tmp_path / "gmm"
+    shutil.copytree(yesno_gmm / "gmm", g)
+    mdl = (g / "final.mdl").stat().st_mtime_ns
+    shutil.rmtree(g / "decode_test")
+    assert main(["gmm", "--data-dir", str(yesno_data), "--task", "yesno", "--lang", str(yesno_gmm / "lang"),
+                 "--out", str(g), "--decode-only", "--decode-split", "test", "--lm-weights", "10",
+                 "--decode-jobs", "2", "--beam", "10", "--max-active", "2000", "--quiet"]) == 0
+    assert (g / "final.mdl").stat().st_mtime_ns == mdl
+    assert "(LMWT 10, best on dev: %WER" in (g / "decode_test" / "wer.txt").read_text()
+    assert (g / "decode_dev_sweep.txt").read_text().splitlines()[-1] == "best LMWT 10"
+    assert main(["gmm", "--data-dir", str(yesno_data), "--task", "yesno", "--lang", str(yesno_gmm / "lang"),
+                 "--out", str(tmp_path / "none"), "--decode-only", "--decode-split", "test"]) == 2
+    assert main(["gmm", "--data-dir", str(yesno_data), "--task", "yesno", "--lang", str(yesno_gmm / "lang"),
+                 "--out", str(g), "--decode-only", "--decode-split", "test", "--beam", "0"]) == 2
+
+
 def test_gmm_cli_errors(tmp_path, yesno_gmm, yesno_data):
     from hfasr.cli import main
 

@@ -15,6 +15,8 @@ seq_runs=${seq_runs-}
 lm_weights=${lm_weights-}
 word_penalties=${word_penalties:-0,0.5,1}
 gmm_lm_weights=${gmm_lm_weights:-5,7,9,10,11,13,15,17}  # the GMM's dev sweep (stage 4)
+gmm_decode_opts=${gmm_decode_opts-}  # extra options of the GMM's decodes (stage 4), e.g. "--beam 11 --max-active 3000 --decode-jobs 2"
+decode_opts=${decode_opts-}  # extra options of `hfasr decode` (stages 6 and 8), e.g. "--beam 11 --max-active 3000"
 arpa=${arpa-}  # non-empty: G from this ARPA file (stage 3) instead of the training transcripts
 realign=${realign-}  # non-empty: realign with a first CE DNN and train dnn_ce on its alignments (stage 5)
 results_cer=${results_cer-}  # non-empty: a %CER column in the results table (stage 9)
@@ -25,13 +27,13 @@ decode_model() {  # decode_model EXPDIR: loglikes of dev/test, sweep on dev, sco
   hfasr loglikes --model "$d/final.pt" --data-dir "$data" --task "$task" --split test --out "$d/loglikes_test.pt" --text "$d/ref_test.txt"
   hfasr decode --loglikes "$d/loglikes_test.pt" --ref "$d/ref_test.txt" --dev-loglikes "$d/loglikes_dev.pt" \
     --dev-ref "$d/ref_dev.txt" --graph-dir "$exp/gmm/graph" --model-dir "$exp/gmm" --out "$d/decode_test" --set test \
-    --num-workers "$nj" ${lm_weights:+--lm-weights "$lm_weights"} --word-penalties "$word_penalties"
+    --num-workers "$nj" ${lm_weights:+--lm-weights "$lm_weights"} --word-penalties "$word_penalties" $decode_opts
 }
 
 stage_run 3 lang hfasr lang --data-dir "$data" --task "$task" --out "$exp/lang" --config "$conf/lang.yaml" \
   ${arpa:+--arpa "$arpa"}
 stage_run 4 gmm hfasr gmm --data-dir "$data" --task "$task" --lang "$exp/lang" --out "$exp/gmm" \
-  --config "$conf/gmm.yaml" --num-jobs "$nj" --decode-split test --lm-weights "$gmm_lm_weights" --quiet
+  --config "$conf/gmm.yaml" --num-jobs "$nj" --decode-split test --lm-weights "$gmm_lm_weights" --quiet $gmm_decode_opts
 ali=$exp/gmm  # the alignments of CE and sequence training
 if [ -n "$realign" ]; then
   # Kaldi nnet1: a first CE DNN on the GMM alignments realigns the training data, a second one

@@ -35,14 +35,33 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="comma-separated LM weights (acoustic scale 1/LMWT) swept on --dev-split; the one with "
                          "the fewest dev word errors decodes --decode-split (as the DNN decode stages do)")
     sp.add_argument("--dev-split", default="dev", help="split the --lm-weights sweep runs on")
+    sp.add_argument("--beam", type=float, default=13.0, help="decoding beam (--decode-split and the sweep)")
+    sp.add_argument("--max-active", type=int, default=7000, help="decoding: most active states per frame")
+    sp.add_argument("--decode-jobs", type=int, default=1, help="decoding processes")
+    sp.add_argument("--decode-only", action="store_true",
+                    help="no training: decode --decode-split (and sweep) with the GMM already in OUT")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> None:
     from hfasr.config import load_config
+    from hfasr.errors import HfasrError
     from hfasr.fileio import DirLock, staged_dir
     from hfasr.gmm.train import GmmConfig, remove_stale, train_gmm
 
+    if args.beam <= 0 or args.max_active < 2 or args.decode_jobs < 1:
+        raise HfasrError(f"--beam must be > 0, --max-active >= 2, --decode-jobs >= 1 (got {args.beam:g}, "
+                         f"{args.max_active}, {args.decode_jobs})")
+    if args.decode_only:
+        if not (args.out / "final.mdl").is_file():
+            raise HfasrError(f"--decode-only: {args.out}/final.mdl not found; train the GMM first (without --decode-only)")
+        with DirLock(args.out, "hfasr gmm"):
+            note = f"acoustic scale {args.acoustic_scale:g} (given)"
+            if args.decode_split and args.lm_weights:
+                args.acoustic_scale, note = sweep_dev(args, args.out)
+            for split in args.decode_split or []:
+                decode_split(args, split, note, args.out)
+        return
     cfg = load_config(GmmConfig, args.config, {"num_jobs": args.num_jobs})
     with DirLock(args.out, "hfasr gmm"), staged_dir(args.out) as stage:
         model = train_gmm(args.data_dir, args.task, args.lang, stage, cfg, progress=not args.quiet)
@@ -69,20 +88,22 @@ def load_split(data_dir: Path, task: str, split: str):
     return cuts, refs
 
 
-def lm_weight_sweep(gmm_dir: Path, cuts, refs: dict[str, list[str]], lm_weights: list[float]) -> list:
+def lm_weight_sweep(gmm_dir: Path, cuts, refs: dict[str, list[str]], lm_weights: list[float],
+                    beam: float = 13.0, max_active: int = 7000, num_jobs: int = 1) -> list:
     """GMM-decode ``cuts`` at acoustic scale ``1 / LMWT`` for each of ``lm_weights``: ``[(LMWT,
     ScoreResult)]`` in that order; the best is the one with the fewest word errors (the first of
     equals). HfasrError for a non-positive weight."""
     from hfasr.decode.score import score
     from hfasr.errors import HfasrError
-    from hfasr.gmm.decode import decode_gmm
+    from hfasr.gmm.decode import decode_gmm_parallel
 
     bad = [w for w in lm_weights if w <= 0]
     if bad:
         raise HfasrError(f"--lm-weights: LM weights must be positive, got {bad[0]:g}")
     points = []
     for lmwt in lm_weights:
-        hyps = {cid: w.split() for cid, w in decode_gmm(gmm_dir, cuts, acoustic_scale=1 / lmwt, progress=False)}
+        hyps = {cid: w.split() for cid, w in decode_gmm_parallel(
+            gmm_dir, cuts, num_jobs, acoustic_scale=1 / lmwt, beam=beam, max_active=max_active, progress=False)}
         points.append((lmwt, score(refs, hyps)))
     return points
 
@@ -96,7 +117,8 @@ def sweep_dev(args: argparse.Namespace, gmm_dir: Path | None = None) -> tuple[fl
 
     gmm_dir = gmm_dir or args.out
     cuts, refs = load_split(args.data_dir, args.task, args.dev_split)
-    points = lm_weight_sweep(gmm_dir, cuts, refs, parse_floats(args.lm_weights, "--lm-weights"))
+    points = lm_weight_sweep(gmm_dir, cuts, refs, parse_floats(args.lm_weights, "--lm-weights"), args.beam,
+                             args.max_active, args.decode_jobs)
     lmwt, best = min(points, key=lambda p: p[1].errors)
     lines = [f"LMWT {w:g} acoustic_scale {1 / w:.6f} {r.wer_line()}\n" for w, r in points]
     write_text(gmm_dir / f"decode_{args.dev_split}_sweep.txt", "".join(lines) + f"best LMWT {lmwt:g}\n")
@@ -108,12 +130,13 @@ def decode_split(args: argparse.Namespace, split: str, note: str = "", gmm_dir: 
     ``<gmm_dir>/decode_<split>/`` (hyp.txt, ref.txt, wer.txt, errs-<split>.txt)."""
     from hfasr.decode.score import bootstrap_ci, score, write_results, write_text
     from hfasr.fileio import write_text as write_file
-    from hfasr.gmm.decode import decode_gmm
+    from hfasr.gmm.decode import decode_gmm_parallel
 
     gmm_dir = gmm_dir or args.out
     cuts, refs = load_split(args.data_dir, args.task, split)
     hyps = {cid: words.split() for cid, words in
-            decode_gmm(gmm_dir, cuts, acoustic_scale=args.acoustic_scale, progress=not args.quiet)}
+            decode_gmm_parallel(gmm_dir, cuts, args.decode_jobs, acoustic_scale=args.acoustic_scale, beam=args.beam,
+                                max_active=args.max_active, progress=not args.quiet)}
     out = gmm_dir / f"decode_{split}"
     write_text(out / "hyp.txt", hyps)
     write_text(out / "ref.txt", refs)

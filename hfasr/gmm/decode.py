@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,3 +54,29 @@ def decode_gmm(gmmdir: str | Path, cuts: Iterable, acoustic_scale: float = 0.1, 
                                                               utt=cut.id, allow_partial=True)
         out.append((cut.id, " ".join(id2word[w] for w in words if w != 0)))
     return out
+
+
+def _decode_chunk(args: tuple) -> list[tuple[str, str]]:
+    gmmdir, cuts, kwargs = args
+    return decode_gmm(gmmdir, cuts, **kwargs)
+
+
+def decode_gmm_parallel(gmmdir: str | Path, cuts: Iterable, num_jobs: int = 1, **kwargs) -> list[tuple[str, str]]:
+    """:func:`decode_gmm` over ``num_jobs`` processes (contiguous chunks of ``cuts``; the result
+    in the order of ``cuts``, the same as in one process). A worker that dies is an error
+    (``BrokenProcessPool``), never a hang."""
+    cuts = list(cuts)
+    if num_jobs <= 1 or len(cuts) < 2:
+        return decode_gmm(gmmdir, cuts, **kwargs)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    n = min(num_jobs, len(cuts))
+    bounds = [round(i * len(cuts) / n) for i in range(n + 1)]
+    chunks = [(str(gmmdir), cuts[a:b], {**kwargs, "progress": False}) for a, b in itertools.pairwise(bounds)]
+    try:
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn")) as pool:
+            return [r for part in pool.map(_decode_chunk, chunks) for r in part]
+    except BrokenProcessPool as e:
+        raise DataError(f"GMM decoding with {gmmdir}: a decoding worker process died ({e})") from e
