@@ -78,6 +78,8 @@ class SeqTrainConfig:
     regenerate_every: int = bounded(0, ge=0)  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
     dev_wer: bool = True  # decode the dev set at every report (needs graph_dir / model_dir)
     decode_acoustic_scale: float = bounded(0.1, gt=0)  # acoustic scale of those dev decodes
+    decode_beam: float = bounded(13.0, gt=0)  # their search beam (hfasr decode's --beam)
+    decode_max_active: int = bounded(7000, ge=21)  # their most active states per frame (--max-active)
     keep_models: bool = False  # also write models/<update>.pt at every report (as Kaldi's per-epoch nnets)
     # final.pt: "last" = the last accepted report's model; "dev_wer" = the report with the lowest
     # dev WER (the earliest of equals; needs keep_models and dev_wer), i.e. the number of updates
@@ -270,7 +272,10 @@ class SequenceTask(Task):
         if not hasattr(self, "_tid2pdf"):
             tm = GmmModel.read(self.model_dir / "final.mdl").tm
             self._tid2pdf = torch.tensor(tm.transition_id_to_pdf_array(), dtype=torch.long)
-        return decode_wer(self.graph_dir, self._tid2pdf, lls, self.cfg.decode_acoustic_scale, data.text_of())
+        from hfasr.decode.decoder import DecoderConfig
+
+        return decode_wer(self.graph_dir, self._tid2pdf, lls, self.cfg.decode_acoustic_scale, data.text_of(),
+                          config=DecoderConfig(beam=self.cfg.decode_beam, max_active=self.cfg.decode_max_active))
 
     # --- lattice regeneration ------------------------------------------------------------------
     @torch.no_grad()
