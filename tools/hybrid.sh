@@ -16,6 +16,7 @@ lm_weights=${lm_weights-}
 word_penalties=${word_penalties:-0,0.5,1}
 gmm_lm_weights=${gmm_lm_weights:-5,7,9,10,11,13,15,17}  # the GMM's dev sweep (stage 4)
 gmm_decode_opts=${gmm_decode_opts-}  # extra options of the GMM's decodes (stage 4), e.g. "--beam 11 --max-active 3000 --decode-jobs 2"
+lattice_opts=${lattice_opts-}  # extra options of `hfasr lattices` (stage 7), e.g. "--beam 10 --lattice-beam 4"
 decode_opts=${decode_opts-}  # extra options of `hfasr decode` (stages 6 and 8), e.g. "--beam 11 --max-active 3000"
 arpa=${arpa-}  # non-empty: G from this ARPA file (stage 3) instead of the training transcripts
 realign=${realign-}  # non-empty: realign with a first CE DNN and train dnn_ce on its alignments (stage 5)
@@ -49,7 +50,7 @@ stage_run 5 ce hfasr train --criterion ce --optimizer adam --data-dir "$data" --
 stage_run 6 decode decode_model "$exp/dnn_ce"
 if [ -n "$seq_runs" ]; then
   stage_run 7 lattices hfasr lattices --model "$exp/dnn_ce/final.pt" --data-dir "$data" --task "$task" \
-    --lang "$exp/lang" --gmm-dir "$exp/gmm" --out "$exp/lats" --num-jobs "$nj" --quiet
+    --lang "$exp/lang" --gmm-dir "$exp/gmm" --out "$exp/lats" --num-jobs "$nj" --quiet $lattice_opts
   for run in $seq_runs; do
     crit=${run%_*}; opt=${run#*_}
     stage_run 8 "$run" hfasr train --criterion "$crit" --optimizer "$opt" --init "$exp/dnn_ce/final.pt" \
