@@ -56,23 +56,25 @@ def run(args: argparse.Namespace) -> None:
         if not (args.out / "final.mdl").is_file():
             raise HfasrError(f"--decode-only: {args.out}/final.mdl not found; train the GMM first (without --decode-only)")
         with DirLock(args.out, "hfasr gmm"):
-            note = f"acoustic scale {args.acoustic_scale:g} (given)"
-            if args.decode_split and args.lm_weights:
-                args.acoustic_scale, note = sweep_dev(args, args.out)
-            for split in args.decode_split or []:
-                decode_split(args, split, note, args.out)
+            decode_all(args, args.out)
         return
     cfg = load_config(GmmConfig, args.config, {"num_jobs": args.num_jobs})
     with DirLock(args.out, "hfasr gmm"), staged_dir(args.out) as stage:
         model = train_gmm(args.data_dir, args.task, args.lang, stage, cfg, progress=not args.quiet)
         print(f"{args.out}: {model.num_pdfs} pdfs, {model.am.num_gauss} Gaussians")
-        note = f"acoustic scale {args.acoustic_scale:g} (given)"
-        if args.decode_split and args.lm_weights:
-            args.acoustic_scale, note = sweep_dev(args, stage)
-        for split in args.decode_split or []:
-            decode_split(args, split, note, stage)
+        decode_all(args, stage)
         produced = {p.name for p in stage.iterdir()}
     remove_stale(args.out, produced)
+
+
+def decode_all(args: argparse.Namespace, gmm_dir: Path) -> None:
+    """The ``--lm-weights`` sweep on ``--dev-split`` (with ``--decode-split``), then every
+    ``--decode-split``, with the GMM dir ``gmm_dir``."""
+    note = f"acoustic scale {args.acoustic_scale:g} (given)"
+    if args.decode_split and args.lm_weights:
+        args.acoustic_scale, note = sweep_dev(args, gmm_dir)
+    for split in args.decode_split or []:
+        decode_split(args, split, note, gmm_dir)
 
 
 def load_split(data_dir: Path, task: str, split: str):

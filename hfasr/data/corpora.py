@@ -591,34 +591,42 @@ def _an4_audio(corpus_dir: Path, item: An4Utt, out_dir: Path, allow_downmix: boo
 
 
 def _an4_dev_speakers(train: list[An4Utt], cfg: An4Config) -> list[str]:
-    """Training speakers held out as dev: ``cfg.dev_speakers``, or whole speakers taken from the
-    seeded shuffle of the sorted speakers until dev has ``cfg.dev_utterances`` utterances (at
-    most all but one speaker)."""
-    count = Counter(u.speaker for u in train)
-    speakers = sorted(count)
-    if cfg.dev_speakers is not None:
-        missing = [s for s in cfg.dev_speakers if s not in count]
+    """Training speakers held out as dev (:func:`held_out_speakers` with the config's
+    ``dev_speakers`` / ``dev_utterances`` / ``seed``)."""
+    if cfg.dev_speakers is None and cfg.dev_utterances < 1:
+        raise ConfigError(f"an4: dev_utterances must be >= 1, got {cfg.dev_utterances}")
+    return held_out_speakers(Counter(u.speaker for u in train), cfg.dev_speakers, cfg.dev_utterances, cfg.seed,
+                             "an4", "dev")
+
+
+def held_out_speakers(count: Counter, speakers: list[str] | None, n_utts: int, seed: int, corpus: str,
+                      what: str) -> list[str]:
+    """Training speakers (``count``: speaker -> utterances) held out as ``what`` (dev / test):
+    ``speakers``, or whole speakers taken from the seeded shuffle of the sorted speakers until they
+    have ``n_utts`` utterances (at most all but one speaker). DataError for an unknown speaker or
+    when no training speaker would be left."""
+    known = sorted(count)
+    if speakers is not None:
+        missing = [s for s in speakers if s not in count]
         if missing:
-            raise DataError(f"an4: dev_speakers {missing} are not training speakers (present: {speakers}); "
-                            "set dev_speakers in the prepare config")
-        chosen = sorted(set(cfg.dev_speakers))
+            raise DataError(f"{corpus}: {what}_speakers {missing} are not training speakers (present: {known}); "
+                            f"set {what}_speakers in the prepare config")
+        chosen = sorted(set(speakers))
     else:
-        if cfg.dev_utterances < 1:
-            raise ConfigError(f"an4: dev_utterances must be >= 1, got {cfg.dev_utterances}")
-        order = speakers[:]
-        random.Random(cfg.seed).shuffle(order)
+        order = known[:]
+        random.Random(seed).shuffle(order)
         chosen, n = [], 0
         for s in order[:-1]:  # leave at least one training speaker
-            if n >= cfg.dev_utterances:
+            if n >= n_utts:
                 break
             chosen.append(s)
             n += count[s]
-        if n < cfg.dev_utterances:
-            log.warning("an4: dev has only %d utterances (dev_utterances %d): one training speaker is kept",
-                        n, cfg.dev_utterances)
+        if n < n_utts:
+            log.warning("%s: %s has only %d utterances (%s_utterances %d): one training speaker is kept",
+                        corpus, what, n, what, n_utts)
         chosen.sort()
-    if len(chosen) >= len(speakers):
-        raise DataError(f"an4: every training speaker is a dev speaker ({len(speakers)}); nothing left to train on")
+    if len(chosen) >= len(known):
+        raise DataError(f"{corpus}: every training speaker is a {what} speaker ({len(known)}); nothing left to train on")
     return chosen
 
 
@@ -820,8 +828,9 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
         raise DataError(f"{corpus_dir}: no train-* part of LibriSpeech (found parts: {sorted(m)})")
     evals = {part: list(cs) for part, cs in parts.items() if not part.startswith("train")}
     held_dev = cfg.dev_speakers is not None or cfg.dev_utterances > 0
-    dev_spk = set(_held_out_speakers(train, cfg.dev_speakers, cfg.dev_utterances, cfg.seed, "dev")) if held_dev else set()
     if held_dev:
+        dev_spk = set(held_out_speakers(_speaker_counts(train), cfg.dev_speakers, cfg.dev_utterances, cfg.seed,
+                                        "librispeech", "dev"))
         dev = [c for c in train if c.supervisions[0].speaker in dev_spk]
         train = [c for c in train if c.supervisions[0].speaker not in dev_spk]
         log.info("librispeech: dev = training speakers %s (%d utterances)", sorted(dev_spk), len(dev))
@@ -829,7 +838,8 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
         dev = [c for part, cs in evals.items() if part.startswith("dev") for c in cs]
         evals = {part: cs for part, cs in evals.items() if not part.startswith("dev")}
     if not evals and (cfg.test_speakers is not None or cfg.test_utterances > 0):
-        test_spk = set(_held_out_speakers(train, cfg.test_speakers, cfg.test_utterances, cfg.seed + 1, "test"))
+        test_spk = set(held_out_speakers(_speaker_counts(train), cfg.test_speakers, cfg.test_utterances,
+                                         cfg.seed + 1, "librispeech", "test"))
         evals = {"heldout": [c for c in train if c.supervisions[0].speaker in test_spk]}
         train = [c for c in train if c.supervisions[0].speaker not in test_spk]
         log.info("librispeech: test = training speakers %s (%d utterances)", sorted(test_spk), len(evals["heldout"]))
@@ -852,29 +862,8 @@ def prepare_librispeech(corpus_dir: Path | None, cfg: LibrispeechConfig, bad: Ba
                             "test": CutSet.from_cuts(test)}}
 
 
-def _held_out_speakers(cuts: list, speakers: list[str] | None, n_utts: int, seed: int, what: str) -> list[str]:
-    """Speakers of ``cuts`` held out as ``what``: ``speakers``, or whole speakers of the seeded
-    shuffle of the sorted speakers until they have ``n_utts`` utterances (all but one at most)."""
-    count = Counter(c.supervisions[0].speaker for c in cuts)
-    known = sorted(count)
-    if speakers is not None:
-        missing = [s for s in speakers if s not in count]
-        if missing:
-            raise DataError(f"librispeech: {what}_speakers {missing} are not training speakers (present: {known})")
-        chosen = sorted(set(speakers))
-    else:
-        order = known[:]
-        random.Random(seed).shuffle(order)
-        chosen, n = [], 0
-        for s in order[:-1]:
-            if n >= n_utts:
-                break
-            chosen.append(s)
-            n += count[s]
-        chosen.sort()
-    if len(chosen) >= len(known):
-        raise DataError(f"librispeech: every training speaker is a {what} speaker ({len(known)}); nothing left to train on")
-    return chosen
+def _speaker_counts(cuts: list) -> Counter:
+    return Counter(c.supervisions[0].speaker for c in cuts)
 
 
 def _possessive(last: str) -> tuple[str, ...]:
@@ -914,22 +903,20 @@ def _librispeech_lexicon(train: list, evals: list, cfg: LibrispeechConfig) -> tu
         raise DataError("librispeech: no transcript word has a pronunciation (lexicon "
                         f"'{cfg.lexicon or 'none'}' and CMUdict)")
     bad = [c for c in train if unknown & set(c.supervisions[0].text.split())]
-    if cfg.unknown_words == "keep":
-        n_train = sum(w in unknown for c in train for w in c.supervisions[0].text.split())
-        log.info("librispeech: lexicon of %d words (%d from '%s', the rest from CMUdict); %d words in neither "
-                 "(e.g. %s): %d running words in %d training utterances, %d in dev/test, left out of the lexicon",
-                 len(lex), sum(w in given for w in lex.prons), cfg.lexicon or "no lexicon", len(unknown),
-                 ", ".join(sorted(unknown)[:5]), n_train, len(bad),
-                 sum(w in unknown for c in evals for w in c.supervisions[0].text.split()))
-        return lex, train
     if bad and cfg.unknown_words == "error":
         w = min(unknown & set(bad[0].supervisions[0].text.split()))
         raise DataError(f"librispeech: word '{w}' of training utterance '{bad[0].id}' is in neither the lexicon "
                         f"'{cfg.lexicon or 'none'}' nor CMUdict (unknown_words: drop leaves such utterances out)")
-    n_eval = sum(w in unknown for c in evals for w in c.supervisions[0].text.split())
-    log.info("librispeech: lexicon of %d words (%d from '%s', the rest from CMUdict); %d words in neither: "
-             "%d training utterances dropped, %d running dev/test words left as OOVs",
-             len(lex), sum(w in given for w in lex.prons), cfg.lexicon or "no lexicon", len(unknown), len(bad), n_eval)
+    def running(cuts: list) -> int:  # running words in neither
+        return sum(w in unknown for c in cuts for w in c.supervisions[0].text.split())
+
+    log.info("librispeech: lexicon of %d words (%d from '%s', the rest from CMUdict); %d words in neither "
+             "(e.g. %s): %d running words in %d training utterances (unknown_words: %s), %d in dev/test (OOVs)",
+             len(lex), sum(w in given for w in lex.prons), cfg.lexicon or "no lexicon", len(unknown),
+             ", ".join(sorted(unknown)[:5]), running(train), len(bad),
+             cfg.unknown_words, running(evals))
+    if cfg.unknown_words == "keep":
+        return lex, train
     drop = {c.id for c in bad}
     return lex, [c for c in train if c.id not in drop]
 
