@@ -29,8 +29,9 @@ conf=$here/conf
 arpa=""       # an ARPA LM for G (e.g. LibriSpeech's 3-gram.pruned.1e-7.arpa); "" = 3-gram on the training transcripts
 lexicon=""    # a lexicon file (e.g. librispeech-lexicon.txt) before CMUdict; "" = CMUdict only
 seq_runs="smbr_hf"
-# decoding a 5.5k-word trigram graph in Python is slow (GMM: real-time factor 0.55 at beam 13 /
-# max-active 7000, 0.18 at 11 / 3000 on a loaded 2-core machine): narrower beams, 2 processes,
+# decoding a 5.5k-word trigram graph in Python is slow (GMM: real-time factor 0.12 at beam 13 /
+# max-active 7000, 0.03 at 11 / 3000 on an idle core, 4x that on the loaded 2-core machine;
+# bench/librispeech.sh): narrower beams, 2 processes,
 # LM-weight sweeps on the dev speakers (the training-transcript LM is weak: the CE model's dev
 # %WER at LMWT 3/4/5/7/9 was 66.9/63.6/62.6/63.9/67.4; the GMM's at 9/12/15 71.9/74.8/78.3)
 lm_weights="4,5,6,7"
@@ -39,8 +40,8 @@ gmm_lm_weights="5,7,9"
 gmm_decode_opts="--beam 11 --max-active 3000 --decode-jobs $nj"
 decode_opts="--beam 11 --max-active 3000"
 # denominator lattices over the 5.5k-word unigram graph: Python's LatticeSimpleDecoder has no
-# max-active; at beam 13 / lattice beam 6 it ran at RTF 0.86 with 134 arcs per frame (> 1 h and
-# ~4 GB of lattices for train), at 10 / 4 at RTF 0.14 with 38 arcs per frame
+# max-active; at beam 13 / lattice beam 6 it runs at RTF 0.25 (0.86 loaded: > 1 h for train) with
+# 134 arcs per frame (~4 GB of lattices for train), at 10 / 4 at RTF 0.08 with 38.5 arcs per frame
 lattice_opts="--beam 10 --lattice-beam 4"
 . "$root/tools/parse_options.sh"
 marks=$exp/marks
