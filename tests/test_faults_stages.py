@@ -315,3 +315,59 @@ def test_lattice_shards_follow_shard_utterances(exp, tmp_path):
     assert a["cut_ids"] == b["cut_ids"]
     for x, y in zip(a["lattices"], b["lattices"]):
         assert torch.equal(x.src, y.src) and torch.equal(x.tid, y.tid) and torch.equal(x.graph_cost, y.graph_cost)
+
+
+# ------------------------------------------------------------------ streamed sequence training
+def test_streamed_sequence_data_equals_in_memory(exp):
+    """StreamedSeqSet (features from disk, lattices from bounded shard maps) hands out the same
+    utterances as load_seq_data; a tiny map budget remaps the shards and keeps the levels."""
+    import torch
+
+    from hfasr.lattice.store import LatticeShards, load_lattice_dir
+    from hfasr.train.sequence import StreamedSeqSet, load_seq_data
+
+    lt = load_lattice_dir(exp / "lats", "train", mmap=True)
+    mem = load_seq_data(exp / "data", TASK, "train", exp / "gmm", lt, exp / "lats")
+    shards = LatticeShards(exp / "lats", "train", map_budget_mb=1e-4)
+    st = StreamedSeqSet.load(exp / "data", TASK, "train", exp / "gmm", shards, cache_utts=2)
+    assert st.cut_ids == mem.cut_ids and st.lengths == mem.lengths and st.texts == mem.texts
+    assert st.ref_pdf.dtype == torch.int32
+    for _ in range(2):  # the second pass reads the features again (cache of 2) and remaps
+        for i in range(len(mem)):
+            (x, a), (y, b) = st.utts[i], mem.utts[i]
+            assert torch.equal(x, y) and torch.equal(a.ref_pdf, b.ref_pdf) and torch.equal(a.ref_phone, b.ref_phone)
+            for k in ("src", "dst", "tid", "graph_cost", "pdf", "frame", "final_cost"):
+                assert torch.equal(getattr(a.lattice, k), getattr(b.lattice, k)), k
+            assert torch.equal(a.lattice.levels(), b.lattice.levels())
+    assert shards.remaps > 0 and st.loads > len(st)
+    assert all(bool(s._has_levels.all()) for s in shards.stores)  # computed once, carried over
+
+
+def test_streamed_hf_smbr_equals_in_memory(exp, tmp_path):
+    """`hfasr train --criterion smbr` with stream_cache_utts (and a map budget small enough to
+    remap the shards within every pass) gives the in-memory run's history."""
+    import json
+
+    base = ("optimizer: hf\ndev_wer: false\nnum_threads: 1\nmax_frames: 2000\n"
+            "hf: {updates: 2, heldout_fraction: 0.2, curvature_fraction: 0.3, curvature_max_frames: 1500}\n")
+    (tmp_path / "mem.yaml").write_text(base)
+    (tmp_path / "st.yaml").write_text(base + "stream_cache_utts: 3\nlattice_map_mb: 0.01\n")
+    hist = {}
+    for name in ("mem", "st"):
+        assert main(["train", "--criterion", "smbr", "--data-dir", str(exp / "data"), "--task", TASK,
+                     "--ali-dir", str(exp / "gmm"), "--lat-dir", str(exp / "lats"), "--init",
+                     str(exp / "dnn" / "final.pt"), "--out", str(tmp_path / name), "--config",
+                     str(tmp_path / f"{name}.yaml"), "--quiet"]) == 0
+        hist[name] = [json.loads(x) for x in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+    assert len(hist["st"]) == len(hist["mem"]) == 3
+    for a, b in zip(hist["mem"], hist["st"]):
+        for k in ("dev_obj", "heldout_obj", "damping", "cg_iters"):
+            if a.get(k) is not None:
+                assert b[k] == pytest.approx(a[k], rel=1e-6, abs=1e-9), k
+
+
+def test_streamed_sequence_config_errors():
+    from hfasr.train.sequence import SeqTrainConfig
+
+    with pytest.raises(ValueError, match="regenerate_every"):
+        SeqTrainConfig(stream_cache_utts=4, regenerate_every=1)

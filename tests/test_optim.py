@@ -495,3 +495,31 @@ def test_diag_damping_solves_marquardt_system():
         HessianFree(nn.Linear(2, 1).parameters(), HFConfig(damping_matrix="bogus")).step(
             tensor_objective(nn.Linear(2, 1), _se, lambda z, t: SquaredError(z),
                             (torch.randn(4, 2), torch.randn(4, 1)), curvature_fraction=1.0))
+
+
+def test_curvature_max_frames_caps_the_sample():
+    """curvature_max_frames keeps the first examples of the random sample whose summed sizes fit
+    (at least one); without it the sample is curvature_fraction of the examples."""
+    from hfasr.data.batching import Batch
+    from hfasr.data.utterances import Utterances
+    from hfasr.optim import BatchObjective
+
+    lengths = [3, 9, 4, 7, 5, 8, 2, 6] * 5
+    data = Utterances(lengths, lambda idx: Batch((torch.zeros(len(idx), 2),), None, sum(lengths[i] for i in idx)), 100)
+
+    class Crit:
+        def loss(self, outputs, batch):
+            return outputs.sum()
+
+        def curvature(self, outputs, batch):
+            return SquaredError(outputs)
+
+    model = nn.Linear(2, 1)
+    for cap, n in ((0, 20), (30, None), (1, 1)):
+        obj = BatchObjective(model, Crit(), data, curvature_fraction=0.5, curvature_min=1, curvature_max_frames=cap)
+        obj.curvature(torch.Generator().manual_seed(3))
+        frames = sum(lengths[i] for i in obj._curv)
+        if n is not None:
+            assert len(obj._curv) == n
+        if cap > 1:
+            assert frames <= cap and len(obj._curv) < 20

@@ -18,6 +18,7 @@ def test_resource_log_records_success_and_error(tmp_path, monkeypatch, capsys):
     r = recs[0]
     assert r["argv"][:2] == ["prepare", "yesno"] and r["status"] == 2
     assert r["wall_s"] >= 0 and r["max_rss_mb"] > 10 and r["max_rss_children_mb"] >= 0
+    assert r["cpu_s"] > 0
     assert "error:" in capsys.readouterr().err
 
 
@@ -25,3 +26,19 @@ def test_resource_log_unwritable_is_a_warning(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(RESOURCE_LOG_ENV, str(tmp_path / "no" / "such" / "dir" / "res.jsonl"))
     assert main(["prepare", "yesno", "--corpus-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "d")]) == 2
     assert "resource log not written" in capsys.readouterr().err
+
+
+def test_bound_heap_sets_glibc_mmap_threshold(monkeypatch):
+    """On Linux/glibc the mmap threshold is fixed (peak memory of long runs); a user's own
+    MALLOC_MMAP_THRESHOLD_ is left alone."""
+    import sys
+
+    from hfasr.cli import bound_heap
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        has_mallopt = hasattr(ctypes.CDLL(None), "mallopt")
+        assert bound_heap() is has_mallopt
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert bound_heap() is False

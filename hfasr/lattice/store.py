@@ -142,15 +142,17 @@ class PackedLattices:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, name: str = "lattice shard") -> PackedLattices:
-        """Inverse of :meth:`to_dict`, checked (DataError naming ``name``)."""
+    def from_dict(cls, d: dict, name: str = "lattice shard", check: bool = True) -> PackedLattices:
+        """Inverse of :meth:`to_dict`, checked (DataError naming ``name``; ``check=False`` skips
+        the pass over the transition ids, for a shard already checked once)."""
         try:
             if d.get("format") != FORMAT:
                 raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
             st = cls(list(d["cut_ids"]), d["num_states"], d["num_frames"], d["arc_offsets"], d["src"], d["dst"],
                      d["tid"], d["graph_cost"], d["state_time"], d["final_offsets"], d["final_state"],
                      d["final_cost"], d["tid2pdf"], d.get("word"))
-            st.check()
+            if check:
+                st.check()
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as e:
             raise DataError(f"{name}: not a lattice shard written by `hfasr lattices` ({type(e).__name__}: {e})") from e
         return st
@@ -341,7 +343,7 @@ def legacy_path(lat_dir, split: str):
     return Path(lat_dir) / f"lats_{split}.pt"
 
 
-def read_shard(path, key: str | None = None, mmap: bool = False) -> tuple[PackedLattices, dict]:
+def read_shard(path, key: str | None = None, mmap: bool = False, check: bool = True) -> tuple[PackedLattices, dict]:
     """(lattices, shard dict without the packed tensors) of one shard file; with ``key``, a
     shard written for other inputs (model, graph, cuts, beams) is a DataError. ``mmap``: the
     packed tensors are memory-mapped from the file (read by the OS as batches touch them, shared
@@ -357,7 +359,7 @@ def read_shard(path, key: str | None = None, mmap: bool = False) -> tuple[Packed
     if key is not None and d["key"] != key:
         raise DataError(f"{path}: this shard was written by another `hfasr lattices` run than its index "
                         f"lists (a later run was interrupted); rerun `hfasr lattices`")
-    st = PackedLattices.from_dict(d, str(path))
+    st = PackedLattices.from_dict(d, str(path), check=check)
     return st, {"key": d["key"], "failed": dict(d.get("failed") or {})}
 
 
@@ -450,3 +452,59 @@ def _load_legacy(path) -> dict:
     d.pop("lattices")
     d.setdefault("failed", {})
     return _with_stores(d, [store], path)
+
+
+class LatticeShards:
+    """The lattices of a split, memory-mapped shard by shard, with bounded resident memory.
+
+    A memory-mapped shard costs no private memory, but every page a batch touches stays
+    resident (and counts in the process's RSS) until the map is dropped: a pass over the
+    training set would end with the whole split resident. :meth:`get` therefore counts the
+    bytes of the lattices it hands out and, once they exceed ``map_budget_mb``, maps every
+    shard afresh (the old maps go once no batch holds a view of them). The topological-level
+    cache (int32 per state, private) is carried over, so levels are computed once per lattice.
+    A lattice dir of the single-file format of earlier versions is held in memory as read.
+
+    ``meta``: :func:`load_lattice_dir`'s dict (``tid2pdf``, ``acoustic_scale``, ...), without the
+    lattice views; ``cut_ids``: the lattices' cut ids in order.
+    """
+
+    def __init__(self, lat_dir, split: str, map_budget_mb: float = 256.0) -> None:
+        meta = load_lattice_dir(lat_dir, split, mmap=True)  # every shard checked once
+        self.stores: list[PackedLattices] = meta.pop("stores")
+        meta.pop("lattices")
+        self.cut_ids: list[str] = meta.pop("cut_ids")
+        self.meta = meta
+        self._where = {c: (s, i) for s, st in enumerate(self.stores) for i, c in enumerate(st.cut_ids)}
+        ip = index_path(lat_dir, split)
+        self._files = [(ip.parent / sh["file"], sh["key"]) for sh in meta.get("shards", [])] if ip.is_file() else []
+        self.budget = map_budget_mb * 2**20 if self._files else math.inf
+        self.touched = 0.0  # bytes handed out since the shards were last mapped
+        self.remaps = 0  # times the shards were mapped afresh (tests, diagnostics)
+
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+    def __contains__(self, cut_id: str) -> bool:
+        return cut_id in self._where
+
+    def get(self, cut_id: str) -> PackedLattice:
+        """The lattice of ``cut_id`` (KeyError when it has none)."""
+        s, i = self._where[cut_id]
+        st = self.stores[s]
+        a0, a1 = int(st.arc_offsets[i]), int(st.arc_offsets[i + 1])
+        nbytes = (a1 - a0) * (20 if st.word is not None else 16) + 4 * int(st.num_states[i])
+        if self.touched + nbytes > self.budget and self.touched > 0:
+            self._remap()
+            st = self.stores[s]
+        self.touched += nbytes
+        return st[i]
+
+    def _remap(self) -> None:
+        for s, (path, key) in enumerate(self._files):
+            old = self.stores[s]
+            new, _ = read_shard(path, key, mmap=True, check=False)
+            new._levels, new._has_levels = old._levels, old._has_levels
+            self.stores[s] = new
+        self.touched = 0.0
+        self.remaps += 1

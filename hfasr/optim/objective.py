@@ -11,7 +11,7 @@
 Every loss is normalised by the summed :attr:`Batch.count` of its batches (frames, utterances).
 The gradient, and the ρ / backtracking / line-search losses, run over all batches of their
 set; the curvature batch is a random ``curvature_fraction`` of the examples (at least
-``curvature_min``), drawn with the optimizer's generator and re-batched with at most
+``curvature_min``, at most ``curvature_max_frames`` in summed sizes when set), drawn with the optimizer's generator and re-batched with at most
 :data:`CURVATURE_MAX_PADDING` padding, one Gauss-Newton linearization per batch, summed.
 
 Martens' preconditioner needs per-example squared gradients; each batch counts as one
@@ -147,6 +147,9 @@ class BatchObjective:
         data: the gradient data.
         heldout: held-out data (ρ / backtracking / line search), or None.
         curvature_fraction, curvature_min: size of the curvature sample (examples).
+        curvature_max_frames: > 0 caps the sample's summed example sizes (frames): the first
+            examples of its random order that fit (at least one). The sample's linearizations
+            are held through CG, so without a cap its memory grows with the corpus.
         structural: call the model with ``return_preacts=True`` in the curvature batch and wire
             ``model.structural_weights(acts, batch.lengths)`` into the Gauss-Newton product
             (HFConfig's ``structural_damping`` μ > 0 uses it).
@@ -159,7 +162,7 @@ class BatchObjective:
     def __init__(self, model: nn.Module, criterion: BatchCriterion, data: BatchData,
                  heldout: BatchData | None = None, curvature_fraction: float = 0.1,
                  curvature_min: int = 8, structural: bool = False, jvp_mode: str = "auto",
-                 distributed: bool | None = None) -> None:
+                 distributed: bool | None = None, curvature_max_frames: int = 0) -> None:
         if len(data) == 0:
             raise ValueError("BatchObjective needs at least one example")
         if jvp_mode == "auto":
@@ -174,6 +177,7 @@ class BatchObjective:
         self.heldout = heldout
         self.curvature_fraction = curvature_fraction
         self.curvature_min = curvature_min
+        self.curvature_max_frames = int(curvature_max_frames)
         self.structural = structural
         self.jvp_mode = jvp_mode
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -230,7 +234,13 @@ class BatchObjective:
     def curvature(self, generator: torch.Generator):
         n = len(self.data)
         m = min(n, max(self.curvature_min, math.ceil(self.curvature_fraction * n)))
-        idx = torch.randperm(n, generator=generator)[:m].sort().values.tolist()
+        drawn = torch.randperm(n, generator=generator)[:m]
+        if self.curvature_max_frames:  # the first examples of the random order, up to the size cap
+            all_sizes = self.data.sizes()
+            sizes = torch.as_tensor([int(all_sizes[i]) for i in drawn.tolist()], dtype=torch.long)
+            keep = max(1, int((sizes.cumsum(0) <= self.curvature_max_frames).sum()))
+            drawn = drawn[:keep]
+        idx = drawn.sort().values.tolist()
         if self.distributed:
             sizes = self.data.sizes()
             by_size = sorted(idx, key=lambda i: (-int(sizes[i]), i))

@@ -50,6 +50,9 @@ class HFTrainConfig:
     heldout_data: Literal["train", "dev"] = "train"
     curvature_fraction: float = bounded(0.1, gt=0, le=1)  # examples of the gradient set sampled per update for G v products
     curvature_min: int = bounded(8, ge=1)  # at least this many examples in the curvature sample
+    # > 0: at most this many frames (summed example sizes) in the curvature sample: its G v
+    # linearizations stay in memory through CG, so without a cap they grow with the corpus
+    curvature_max_frames: int = bounded(0, ge=0)
     # > 1: HF on successive subsets (update k: gradient and curvature of subset k mod K); reuse
     # across subsets: optimizer.gradient_reuse (none | sag | dynamic | saga | decay), reuse_decay,
     # reuse_warm_start, reuse_damping
@@ -124,6 +127,7 @@ class HFDriver:
                 model, task.criterion, task.train_data, heldout_fraction=cfg.heldout_fraction, heldout=heldout,
                 num_subsets=cfg.num_subsets, seed=seed + HELDOUT_SEED_OFFSET,
                 curvature_fraction=cfg.curvature_fraction, curvature_min=cfg.curvature_min,
+                curvature_max_frames=cfg.curvature_max_frames,
                 structural=task.structural and cfg.optimizer.structural_damping > 0)
         except ValueError as e:
             raise ConfigError(f"hf: {e}") from e

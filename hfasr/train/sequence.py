@@ -62,10 +62,13 @@ class SeqTrainConfig:
     # (ρ < 0 on the held-out set, measured on FSDD)
     sequence: SequenceConfig = field(default_factory=lambda: SequenceConfig(fisher_scale=1.0))
     # HF: gradient on all training utterances but a held-out 10% (ρ / CG-backtracking / line search
-    # with the true sequence objective), G v on a 10% sample; the held-out loss is reported, so the
-    # pass over the gradient set after each step (train_loss_after) is off
+    # with the true sequence objective), G v on a 10% sample of at most 50,000 frames (8 min of
+    # speech: its linearizations, about 10 kB per frame for a 4 x 256 DNN, stay in memory through
+    # CG, so the cap bounds memory on any corpus); the held-out loss is reported, so the pass over
+    # the gradient set after each step (train_loss_after) is off
     hf: HFTrainConfig = field(default_factory=lambda: HFTrainConfig(
-        updates=20, heldout_fraction=0.1, curvature_fraction=0.1, curvature_min=16, optimizer=HFConfig(
+        updates=20, heldout_fraction=0.1, curvature_fraction=0.1, curvature_min=16, curvature_max_frames=50000,
+        optimizer=HFConfig(
             damping=1e-2, cg_max_iters=50, rho_data="heldout", backtrack_data="heldout",
             linesearch_data="heldout", train_loss_after=False)))
     # the per-utterance SGD baseline (Kaldi nnet1's nnet-train-mmi-sequential / -mpe-sequential):
@@ -73,6 +76,12 @@ class SeqTrainConfig:
     sgd: FirstOrderConfig = field(default_factory=lambda: FirstOrderConfig(
         lr=1e-5, momentum=0.0, epochs=4, reports_per_epoch=4, loss="sum"))
     max_frames: int = bounded(20000, ge=1)  # padded frames per forward/backward batch (HF passes, dev evaluation)
+    # > 0: the training split is streamed (StreamedSeqSet): features read from disk when a batch
+    # needs them (through a cache of this many utterances), lattices memory-mapped per shard with at
+    # most lattice_map_mb of mapped pages resident; only alignments (8 bytes per frame) stay in
+    # memory. 0 = the whole split in memory (faster on small corpora)
+    stream_cache_utts: int = bounded(0, ge=0)
+    lattice_map_mb: float = bounded(256.0, gt=0)  # stream_cache_utts > 0: resident lattice pages before remapping
     train_split: str = "train"
     dev_split: str = "dev"
     regenerate_every: int = bounded(0, ge=0)  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
@@ -100,6 +109,10 @@ class SeqTrainConfig:
             raise ValueError(f"select must be last or dev_wer, got {self.select!r}")
         if self.select == "dev_wer" and not (self.keep_models and self.dev_wer):
             raise ValueError("select: dev_wer needs keep_models: true and dev_wer: true")
+        if self.stream_cache_utts and self.regenerate_every:
+            raise ValueError(f"regenerate_every ({self.regenerate_every}) re-decodes the training lattices in "
+                             f"memory: it cannot be combined with stream_cache_utts ({self.stream_cache_utts}); "
+                             "set one of them to 0")
 
     @property
     def run_name(self) -> str:
@@ -151,6 +164,107 @@ def load_seq_data(data_dir: str | Path, task: str, split: str, ali_dir: str | Pa
     return UtteranceSet.from_pairs(ids, utts, [texts.get(c, "") for c in ids])
 
 
+class StreamedSeqSet:
+    """The sequence-training utterances of one split, read from disk when a batch needs them.
+
+    Kept in memory per utterance: the cut (its manifest entry), the length, the reference pdf and
+    phone alignments (int32, 8 bytes per frame) and the transcript. Features are read from the
+    lhotse archives through a cache of ``cache_utts`` utterances, lattices from the memory-mapped
+    shards of a :class:`~hfasr.lattice.store.LatticeShards` (bounded resident pages). It offers
+    the part of :class:`~hfasr.data.utterances.UtteranceSet` that training uses: ``cut_ids``,
+    ``texts``, ``lengths``, ``num_frames``, :meth:`text_of` and ``utts`` (a lazy sequence of
+    ``(features, SeqSupervision)`` pairs). :meth:`load` makes one pass over the split with the
+    checks of :func:`load_seq_data`."""
+
+    streamed = True
+
+    def __init__(self, cuts: Sequence, manifest: Path, lengths: Sequence[int], ref_pdf: Tensor,
+                 ref_phone: Tensor, lattices, texts: Sequence[str], cache_utts: int) -> None:
+        from collections import OrderedDict
+
+        self._cuts = list(cuts)
+        self.cut_ids = [c.id for c in self._cuts]
+        self.manifest = manifest
+        lens = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+        self.ref_pdf, self.ref_phone = ref_pdf, ref_phone  # (N,) int32, all utterances concatenated
+        self.lattices = lattices
+        self.texts = list(texts)
+        self.cache_utts = int(cache_utts)
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()
+        self.loads = 0  # utterances whose features were read from disk (tests, diagnostics)
+
+    def __len__(self) -> int:
+        return len(self.cut_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return (self.offsets[1:] - self.offsets[:-1]).tolist()
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.offsets[-1])
+
+    def text_of(self) -> dict[str, str]:
+        return dict(zip(self.cut_ids, self.texts))
+
+    def features(self, u: int) -> Tensor:
+        x = self._cache.get(u)
+        if x is not None:
+            self._cache.move_to_end(u)
+            return x
+        from hfasr.data.features import cut_features
+
+        x = torch.from_numpy(cut_features(self._cuts[u], self.manifest)).float()[: int(self.offsets[u + 1] - self.offsets[u])]
+        self.loads += 1
+        self._cache[u] = x
+        while len(self._cache) > self.cache_utts:
+            self._cache.popitem(last=False)
+        return x
+
+    def __getitem__(self, u: int) -> tuple[Tensor, SeqSupervision]:
+        s, e = int(self.offsets[u]), int(self.offsets[u + 1])
+        sup = SeqSupervision(lattice=self.lattices.get(self.cut_ids[u]), ref_pdf=self.ref_pdf[s:e].long(),
+                             ref_phone=self.ref_phone[s:e].long())
+        return self.features(u), sup
+
+    @property
+    def utts(self) -> StreamedSeqSet:
+        return self  # indexable: utts[i] -> (features, supervision), read on demand
+
+    @classmethod
+    def load(cls, data_dir: str | Path, task: str, split: str, ali_dir: str | Path, lattices,
+             cache_utts: int, progress: bool = False) -> StreamedSeqSet:
+        """One pass over ``split``: every cut with features, an alignment (with phones) and a
+        lattice of the same length; the skipped ones are logged as :func:`load_seq_data` does."""
+        from hfasr.data.frames import AlignedCuts, FrameDataConfig
+
+        aligned = AlignedCuts(data_dir, task, split, ali_dir, FrameDataConfig(drop_unaligned=True))
+        if not aligned.have_phones:
+            raise DataError(f"{aligned.ali_path} has no phone alignment ('phones'); rerun `hfasr gmm`")
+        cuts, lengths, pdfs, phones, texts, skipped = [], [], [], [], [], []
+        for cut, cid, x, y, ph in aligned.iterate(progress):
+            if cid not in lattices:
+                skipped.append((cid, "no lattice"))
+                continue
+            n = lattices.get(cid).num_frames
+            if n != x.shape[0]:
+                skipped.append((cid, f"lattice has {n} frames, features/alignment {x.shape[0]}"))
+                continue
+            check_features([cid], [x], f"split '{split}'")
+            cuts.append(cut)
+            lengths.append(int(x.shape[0]))
+            pdfs.append(y.to(torch.int32))
+            phones.append(ph.to(torch.int32))
+            texts.append(" ".join(s.text or "" for s in cut.supervisions))
+        if skipped:
+            log.warning("%s/%s: %d of %d aligned cuts skipped (e.g. %s: %s)", task, split, len(skipped),
+                        len(skipped) + len(cuts), *skipped[0])
+        if not cuts:
+            raise DataError(f"{task}/{split}: no cut has features, an alignment in {ali_dir} and a lattice")
+        return cls(cuts, aligned.manifest, lengths, torch.cat(pdfs), torch.cat(phones), lattices, texts, cache_utts)
+
+
 # ---------------------------------------------------------------------------------------- criterion
 class _SeqLoss(torch.autograd.Function):
     """The sequence loss as a function of the logits, with the criterion's own gradient."""
@@ -197,9 +311,13 @@ def seq_collate(utts: Sequence[tuple[Tensor, SeqSupervision]], device: torch.dev
 
 
 def seq_examples(utts: Sequence[tuple[Tensor, SeqSupervision]], max_frames: int = 20000,
-                 device: torch.device | str = "cpu", cut_ids: Sequence[str] | None = None) -> Utterances:
-    """Sequence-training utterances as the examples of an HF objective (:class:`Utterances`)."""
-    return Utterances([int(x.shape[0]) for x, _ in utts], seq_collate(utts, device, cut_ids), max_frames)
+                 device: torch.device | str = "cpu", cut_ids: Sequence[str] | None = None,
+                 lengths: Sequence[int] | None = None) -> Utterances:
+    """Sequence-training utterances as the examples of an HF objective (:class:`Utterances`);
+    ``lengths`` (frames per utterance) saves reading them from ``utts`` (streamed data)."""
+    if lengths is None:
+        lengths = [int(x.shape[0]) for x, _ in utts]
+    return Utterances(lengths, seq_collate(utts, device, cut_ids), max_frames)
 
 
 # ---------------------------------------------------------------------------------------- the task
@@ -209,8 +327,10 @@ class SequenceTask(Task):
     def __init__(self, cfg: SeqTrainConfig, model, log_prior: Tensor, lat_meta: dict, train: UtteranceSet,
                  dev: UtteranceSet, device: torch.device, graph_dir: str | Path | None = None,
                  model_dir: str | Path | None = None, progress: bool = True) -> None:
-        # non-finite or absurd features: an error naming the cut, before any training
-        check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'")
+        # non-finite or absurd features: an error naming the cut, before any training (streamed
+        # data: checked by its loading pass)
+        if not getattr(train, "streamed", False):
+            check_features(train.cut_ids, train.feats, f"split '{cfg.train_split}'")
         check_features(dev.cut_ids, dev.feats, f"split '{cfg.dev_split}'")
         self.cfg, self.train, self.dev, self.device = cfg, train, dev, device
         self.run_name = cfg.run_name
@@ -228,7 +348,7 @@ class SequenceTask(Task):
             raise ConfigError("dev_wer: true needs the decoding graph (--graph-dir) and the GMM dir (--model-dir)")
         if cfg.regenerate_every and not lat_meta.get("graph"):
             raise ConfigError("regenerate_every needs the lattice dir's weak-LM graph (graph_weak/HCLG.fst)")
-        self.train_data = seq_examples(train.utts, cfg.max_frames, device, train.cut_ids)
+        self.train_data = seq_examples(train.utts, cfg.max_frames, device, train.cut_ids, train.lengths)
         # the dev set as HF's held-out data (hf.heldout_data: dev)
         self.dev_data = seq_examples(dev.utts, cfg.max_frames, device, dev.cut_ids)
 
@@ -354,7 +474,7 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
     Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it first joins the process
     group (unless the caller already did; a group it created is destroyed at the end)."""
     from hfasr.lattice.generate import lattice_path
-    from hfasr.lattice.store import load_lattice_dir
+    from hfasr.lattice.store import LatticeShards, load_lattice_dir
     from hfasr.models import load_model, load_prior
     from hfasr.train.experiment import run_experiment
 
@@ -376,7 +496,11 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
         # the batches touch, the ranks of a machine share the pages, only the level cache (4 bytes
         # per state) is private; a lattice dir of earlier versions (one lats_<split>.pt) is read too
         lt_path, ld_path = lattice_path(lat_dir, cfg.train_split), lattice_path(lat_dir, cfg.dev_split)
-        lt = load_lattice_dir(lat_dir, cfg.train_split, mmap=True)
+        if cfg.stream_cache_utts:  # resident lattice pages bounded (LatticeShards)
+            shards = LatticeShards(lat_dir, cfg.train_split, cfg.lattice_map_mb)
+            lt = dict(shards.meta, lattices=shards.cut_ids)
+        else:
+            lt = load_lattice_dir(lat_dir, cfg.train_split, mmap=True)
         ld = load_lattice_dir(lat_dir, cfg.dev_split, mmap=True)
         if lt["lattices"] and int(lt["tid2pdf"].max()) + 1 != log_prior.numel():
             raise DataError(f"{lt_path}: lattices index {int(lt['tid2pdf'].max()) + 1} pdfs, the model "
@@ -384,7 +508,11 @@ def run_sequence_training(cfg: SeqTrainConfig, data_dir: str | Path, task: str, 
         if abs(float(lt["acoustic_scale"]) - cfg.sequence.acoustic_scale) > 1e-9:
             log.warning("lattices were generated at acoustic scale %g, training uses %g", lt["acoustic_scale"],
                         cfg.sequence.acoustic_scale)
-        train = load_seq_data(data_dir, task, cfg.train_split, ali_dir, lt, lt_path, exp.progress)
+        if cfg.stream_cache_utts:
+            train = StreamedSeqSet.load(data_dir, task, cfg.train_split, ali_dir, shards, cfg.stream_cache_utts,
+                                        exp.progress)
+        else:
+            train = load_seq_data(data_dir, task, cfg.train_split, ali_dir, lt, lt_path, exp.progress)
         dev = load_seq_data(data_dir, task, cfg.dev_split, ali_dir, ld, ld_path, exp.progress)
         weak = Path(lat_dir) / "graph_weak" / "HCLG.fst"
         lt["graph"] = str(weak) if weak.is_file() else None
