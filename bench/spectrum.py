@@ -183,7 +183,8 @@ def compute(state: State, spec: SpectrumConfig, block_spec: SpectrumConfig, gate
     t0 = time.perf_counter()
     named = [(n, p) for n, p in state.model.named_parameters() if p.requires_grad]
     blocks = gate_blocks(named) if gates else parameter_blocks(named)
-    sys_ = hf_system(state.objective, state.config, state.damping, state.generator, update=state.update)
+    sys_ = hf_system(state.objective, state.config, state.damping, state.generator, update=state.update,
+                     block_sizes=[p.numel() for _, p in named])
     kw = {"op_dtype": sys_.dtype, "device": named[0][1].device}
     G = spectra(sys_.curvature(), sys_.dim, blocks, spec, block_spec, name="all", label="G", damping=state.damping,
                 **kw)

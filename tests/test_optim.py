@@ -523,3 +523,35 @@ def test_curvature_max_frames_caps_the_sample():
             assert len(obj._curv) == n
         if cap > 1:
             assert frames <= cap and len(obj._curv) < 20
+
+
+def test_block_damping_scales_each_parameter_tensor():
+    """damping_matrix "block": D constant over each parameter tensor, the block's mean diagonal
+    estimate over the largest block mean plus the floor; the CG step solves (G + λD) p = −g."""
+    from hfasr.optim.hf import damping_diagonal
+
+    diag = torch.tensor([4.0, 2.0, 1e-4, 3e-4, 1e-2], dtype=torch.float64)
+    D = damping_diagonal(HFConfig(damping_matrix="block", damping_floor=1e-6), diag, [2, 2, 1])
+    want = torch.tensor([1.0, 1.0, 2e-4 / 3, 2e-4 / 3, 1e-2 / 3], dtype=torch.float64) + 1e-6
+    assert torch.allclose(D, want)
+    with pytest.raises(ValueError, match="block sizes"):
+        damping_diagonal(HFConfig(damping_matrix="block"), diag, [2, 2])
+    X, Y = _linear_problem()
+    X = X * torch.tensor([1e-2, 1e-1, 1.0, 1.0, 10.0, 1.0], dtype=torch.float64)
+    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=torch.float64)], 1)
+    lam, floor = 0.3, 1e-3
+    model = nn.Linear(6, 1).double()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
+    cfg = HFConfig(damping=lam, cg_max_iters=200, cg_tol=1e-14, cg_min_iters=200, preconditioner="martens",
+                   damping_matrix="block", damping_floor=floor, backtracking=False, line_search=False)
+    _, g, g2 = obj.gradient(torch.Generator().manual_seed(0))
+    HessianFree(model.parameters(), cfg).step(obj)
+    p = torch.cat([model.weight.reshape(-1), model.bias.reshape(-1)]).detach()
+    means = torch.stack([g2[:6].mean(), g2[6:].mean()])
+    d = means / means.max() + floor
+    D = torch.diag(torch.cat([d[0].repeat(6), d[1:]]))
+    want = torch.linalg.solve(Xa.T @ Xa / X.shape[0] + lam * D, -g)
+    assert torch.allclose(p, want, rtol=1e-6, atol=1e-9)

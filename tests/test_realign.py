@@ -127,7 +127,11 @@ def test_phone_sequences_follow_the_transcript(setup, realigned):
             assert " ".join(word_of[p] for p in seq) == texts[cid], cid
 
 
-def test_one_job_gives_the_same_alignments(setup, realigned, tmp_path):
+def test_one_job_gives_the_same_alignments(setup, realigned, tmp_path, monkeypatch):
+    """... also when the split is aligned in chunks of 7 cuts (memory bound on large corpora)."""
+    import hfasr.bin.align as align_mod
+
+    monkeypatch.setattr(align_mod, "ALIGN_CHUNK_CUTS", 7)
     out, _ = realigned
     assert main(_align_args(setup, tmp_path / "one", "--num-jobs", "1", "--splits", "train")) == 0
     a = torch.load(out / "ali_train.pt", weights_only=True)

@@ -30,6 +30,7 @@ HELP = "re-align splits with a hybrid DNN (nnet1 align.sh): OUT/ali_<split>.pt f
 
 log = logging.getLogger(__name__)
 
+ALIGN_CHUNK_CUTS = 1000  # cuts whose log-likelihoods are held at a time (memory bounded on any corpus)
 COPIED = ("final.mdl", "tree")  # what downstream stages read from an --ali-dir / --model-dir / --gmm-dir
 
 
@@ -202,20 +203,40 @@ def _align_split(split: str, stage: Path, out: Path, manifest: Path, cfg, model,
                  gmm_dir: Path, lang, opts, num_jobs: int, progress: bool) -> SplitResult:
     """Align one split into ``stage/ali_<split>.pt`` (+ ``_excluded.txt``); the result names
     the file by its published path under ``out``."""
+    import numpy as np
+    import torch
+
     from hfasr.data.corpora import load_cuts
     from hfasr.fileio import write_text
     from hfasr.gmm.align import MatrixDecodable, align_bank, compile_graphs, failure_reason
+    from hfasr.gmm.feats import FeatureBank
     from hfasr.gmm.train import write_alignments
 
     t0 = time.time()
     cuts = load_cuts(manifest)
     if split == "train" and not cfg.use_speed_perturbed:  # as the GMM's training set
         cuts = cuts.filter(lambda c: "_sp" not in c.id).to_eager()
-    # forward passes here, before align_bank forks: no torch work in the workers
-    bank = _loglike_bank(model, prior, prior_scale, cuts, f"loglikes {split}", progress)
-    graphs = compile_graphs(gmm, lang, bank.texts, bank.cut_ids)
-    alis, like = align_bank(bank, graphs, gmm, opts, num_jobs, progress, desc=f"align {split}",
-                            decodable=MatrixDecodable(gmm.tm))
+    cuts = list(cuts)
+    # chunks of ALIGN_CHUNK_CUTS: one chunk's log-likelihoods in memory at a time, not the split's
+    ids, texts, lengths, alis, like = [], [], [], [], 0.0
+    chunks = range(0, len(cuts), ALIGN_CHUNK_CUTS)
+    for k, s in enumerate(chunks):
+        part = f" [{k + 1}/{len(chunks)}]" if len(chunks) > 1 else ""
+        # forward passes here, before align_bank forks: no torch work in the workers
+        bank = _loglike_bank(model, prior, prior_scale, cuts[s : s + ALIGN_CHUNK_CUTS], f"loglikes {split}{part}",
+                             progress)
+        graphs = compile_graphs(gmm, lang, bank.texts, bank.cut_ids)
+        a, lk = align_bank(bank, graphs, gmm, opts, num_jobs, progress, desc=f"align {split}{part}",
+                           decodable=MatrixDecodable(gmm.tm))
+        ids += bank.cut_ids
+        texts += bank.texts
+        lengths += [bank.num_frames(i) for i in range(len(bank))]
+        alis += a
+        like += lk
+        del bank, graphs
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
+    bank = FeatureBank(ids, texts, torch.zeros(0, 1), offsets)  # the cuts and their lengths only
     n_ok = write_alignments(stage, split, bank, alis, gmm)
     why = failure_reason(opts)
     failed = {bank.cut_ids[i]: why for i, a in enumerate(alis) if a is None}

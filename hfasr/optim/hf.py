@@ -69,7 +69,11 @@ class HFConfig:
     # curvature-diagonal estimate of the preconditioner, normalised to mean 1, plus damping_floor).
     # "diag" damps every parameter relative to its own curvature scale, for models whose diagonal
     # spans orders of magnitude (LSTM weights vs the output layer); see docs/hf-training.md.
-    damping_matrix: Literal["identity", "diag"] = "identity"
+    # "block": λD with D constant over each parameter tensor (a layer's weights, an LSTM level's
+    # gate weights): the block's mean diagonal estimate over the largest block mean, plus
+    # damping_floor; the stiffest block keeps λ, a block whose curvature is orders of magnitude
+    # smaller (the lower levels of a deep MDLSTM) gets a proportionally smaller damping
+    damping_matrix: Literal["identity", "diag", "block"] = "identity"
     damping_floor: float = bounded(1e-2, ge=0)
     l2: float = bounded(0.0, ge=0)  # η: L2 weight cost added to the objective (and to the curvature)
     structural_damping: float = bounded(0.0, ge=0)  # μ (RNNs): adds λμ J_aᵀ D J_a to the curvature
@@ -170,6 +174,27 @@ class HFStats:
             f"{'accepted' if self.accepted else 'rejected'} Gv {self.products} time {self.seconds:.2f}s"
             + ("" if self.subset is None else f" subset {self.subset} w {self.fresh_weight:.3g}")
         )
+
+
+def damping_diagonal(cfg: HFConfig, diag: Tensor | None, block_sizes: list[int]) -> Tensor | None:
+    """D of the damping term λD (None for ``identity``: λI). ``diag``: the curvature-diagonal
+    estimate (flat, parameters in order); ``block_sizes``: numel of each parameter tensor.
+
+    - ``diag``: D = diag / mean(diag) + floor (Marquardt's scaling, per parameter);
+    - ``block``: D_b = mean_b(diag) / max_b' mean_b'(diag) + floor, constant over block b."""
+    if cfg.damping_matrix == "identity":
+        return None
+    if cfg.damping_matrix not in ("diag", "block"):
+        raise ValueError(f"unknown damping_matrix {cfg.damping_matrix!r}")
+    assert diag is not None
+    tiny = torch.finfo(diag.dtype).tiny
+    if cfg.damping_matrix == "diag":
+        return diag / diag.mean().clamp_min(tiny) + cfg.damping_floor
+    if sum(block_sizes) != diag.numel():
+        raise ValueError(f"block sizes sum to {sum(block_sizes)}, the diagonal has {diag.numel()} entries")
+    means = torch.stack([b.mean() for b in diag.split(block_sizes)])
+    scale = means / means.max().clamp_min(tiny) + cfg.damping_floor
+    return torch.repeat_interleave(scale, torch.as_tensor(block_sizes, device=diag.device))
 
 
 def levenberg_marquardt(lam: float, rho: float, cfg: HFConfig) -> float:
@@ -319,15 +344,10 @@ class HessianFree(torch.optim.Optimizer):
         products = 0
         mu = cfg.structural_damping
 
-        diag = self._curvature_diag(gn, g2) if (cfg.preconditioner != "none" or cfg.damping_matrix == "diag") else None
+        diag = self._curvature_diag(gn, g2) if (cfg.preconditioner != "none" or cfg.damping_matrix != "identity") else None
         if cfg.preconditioner == "chapelle-erhan":
             products += cfg.precond_samples
-        D: Tensor | None = None  # None: λI
-        if cfg.damping_matrix == "diag":
-            assert diag is not None
-            D = diag / diag.mean().clamp_min(torch.finfo(diag.dtype).tiny) + cfg.damping_floor
-        elif cfg.damping_matrix != "identity":
-            raise ValueError(f"unknown damping_matrix {cfg.damping_matrix!r}")
+        D = damping_diagonal(cfg, diag, [p.numel() for p in self.params])  # None: λI
 
         def A(v: Tensor) -> Tensor:
             nonlocal products

@@ -208,27 +208,27 @@ class HFSystem:
 
 
 def hf_system(objective: Any, config: Any, damping: float, generator: torch.Generator,
-              update: int | None = None) -> HFSystem:
+              update: int | None = None, block_sizes: Sequence[int] | None = None) -> HFSystem:
     """Set up HF's system at the model's current parameters, as one update would: the
     objective's gradient (for Martens' preconditioner: per-batch squared gradients) and its
     curvature sample drawn with ``generator`` (pass a copy of the optimizer's generator to get
     the sample of its next update), the diagonal estimate, D and M of ``config``
     (:class:`~hfasr.optim.HFConfig`). ``update``: calls ``objective.begin_update(update)`` first
-    (successive subsets). Changes no parameter."""
+    (successive subsets); ``block_sizes``: numel of each parameter tensor (``damping_matrix:
+    block``). Changes no parameter."""
+    from hfasr.optim.hf import damping_diagonal
+
     if update is not None and hasattr(objective, "begin_update"):
         objective.begin_update(update)
     _, g, g2 = objective.gradient(generator)
     gn = objective.curvature(generator)
     cfg = config
     diag = None
-    if cfg.preconditioner != "none" or cfg.damping_matrix == "diag":
+    if cfg.preconditioner != "none" or cfg.damping_matrix != "identity":
         diag = curvature_diagonal(gn, g2, cfg, generator)
-    D = None
-    if cfg.damping_matrix == "diag":
-        assert diag is not None
-        D = diag / diag.mean().clamp_min(torch.finfo(diag.dtype).tiny) + cfg.damping_floor
-    elif cfg.damping_matrix != "identity":
-        raise ValueError(f"unknown damping_matrix {cfg.damping_matrix!r}")
+    if cfg.damping_matrix == "block" and block_sizes is None:
+        raise ValueError("damping_matrix 'block' needs the parameter block sizes (block_sizes)")
+    D = damping_diagonal(cfg, diag, list(block_sizes) if block_sizes is not None else [int(g.numel())])
     M = None
     if diag is not None and cfg.preconditioner != "none":
         M = (diag + damping + cfg.l2 if D is None else diag + damping * D + cfg.l2).pow(cfg.precond_power)
