@@ -469,7 +469,7 @@ class LatticeShards:
     lattice views; ``cut_ids``: the lattices' cut ids in order.
     """
 
-    def __init__(self, lat_dir, split: str, map_budget_mb: float = 256.0) -> None:
+    def __init__(self, lat_dir, split: str, map_budget_mb: float = 64.0) -> None:
         meta = load_lattice_dir(lat_dir, split, mmap=True)  # every shard checked once
         self.stores: list[PackedLattices] = meta.pop("stores")
         meta.pop("lattices")
@@ -481,6 +481,8 @@ class LatticeShards:
         self.budget = map_budget_mb * 2**20 if self._files else math.inf
         self.touched = 0.0  # bytes handed out since the shards were last mapped
         self.remaps = 0  # times the shards were mapped afresh (tests, diagnostics)
+        if self._files:
+            self._remap()  # drop the pages that checking the shards touched (their transition ids)
 
     def __len__(self) -> int:
         return len(self.cut_ids)

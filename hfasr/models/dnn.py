@@ -226,7 +226,7 @@ class DNN(nn.Module):
                 elif self.activation == "tanh":
                     derivs.append(1 - h * h)
                 else:
-                    derivs.append((a > 0).to(h.dtype))
+                    derivs.append(a > 0)  # bool: 1 byte per unit held through CG, not 4
             inputs.append(h)
             out = self.output(h)
         names = [f"hidden.{i}" for i in range(len(self.hidden))] + ["output"]

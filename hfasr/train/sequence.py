@@ -62,12 +62,12 @@ class SeqTrainConfig:
     # (ρ < 0 on the held-out set, measured on FSDD)
     sequence: SequenceConfig = field(default_factory=lambda: SequenceConfig(fisher_scale=1.0))
     # HF: gradient on all training utterances but a held-out 10% (ρ / CG-backtracking / line search
-    # with the true sequence objective), G v on a 10% sample of at most 50,000 frames (8 min of
-    # speech: its linearizations, about 10 kB per frame for a 4 x 256 DNN, stay in memory through
-    # CG, so the cap bounds memory on any corpus); the held-out loss is reported, so the pass over
+    # with the true sequence objective), G v on a 10% sample of at most 20,000 frames (3.3 min of
+    # speech: its linearizations, about 15 kB per frame for a 4 x 256 DNN with its batch, stay in
+    # memory through CG, so the cap bounds memory on any corpus); the held-out loss is reported, so the pass over
     # the gradient set after each step (train_loss_after) is off
     hf: HFTrainConfig = field(default_factory=lambda: HFTrainConfig(
-        updates=20, heldout_fraction=0.1, curvature_fraction=0.1, curvature_min=16, curvature_max_frames=50000,
+        updates=20, heldout_fraction=0.1, curvature_fraction=0.1, curvature_min=16, curvature_max_frames=20000,
         optimizer=HFConfig(
             damping=1e-2, cg_max_iters=50, rho_data="heldout", backtrack_data="heldout",
             linesearch_data="heldout", train_loss_after=False)))
@@ -81,7 +81,7 @@ class SeqTrainConfig:
     # most lattice_map_mb of mapped pages resident; only alignments (8 bytes per frame) stay in
     # memory. 0 = the whole split in memory (faster on small corpora)
     stream_cache_utts: int = bounded(0, ge=0)
-    lattice_map_mb: float = bounded(256.0, gt=0)  # stream_cache_utts > 0: resident lattice pages before remapping
+    lattice_map_mb: float = bounded(64.0, gt=0)  # stream_cache_utts > 0: resident lattice pages before remapping
     train_split: str = "train"
     dev_split: str = "dev"
     regenerate_every: int = bounded(0, ge=0)  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
