@@ -14,7 +14,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HIST = Path(__file__).resolve().parent / "results" / "ctc_mdlstm_deep_hist"
 RUNS = [  # (file, label, wall-time offset: the Adam run an Adam -> HF run starts from)
