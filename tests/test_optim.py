@@ -467,27 +467,35 @@ def test_reuse_config_ranges():
     assert load_config(HFTrainConfig, None, {"optimizer.gradient_reuse": "saga"}).optimizer.gradient_reuse == "saga"
 
 
+def _badly_scaled(matrix, lam, floor):
+    """A linear least-squares problem with columns scaled over 4 orders of magnitude, a zeroed
+    linear model, its full-batch objective and an HF config with a long exact CG and no step
+    control: (X with a ones column, model, objective, config)."""
+    X, Y = _linear_problem()
+    X = X * torch.tensor([1e-2, 1e-1, 1.0, 1.0, 10.0, 1.0], dtype=torch.float64)
+    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=torch.float64)], 1)
+    model = nn.Linear(6, 1).double()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
+    cfg = HFConfig(damping=lam, cg_max_iters=200, cg_tol=1e-14, cg_min_iters=200, preconditioner="martens",
+                   damping_matrix=matrix, damping_floor=floor, backtracking=False, line_search=False)
+    return Xa, model, obj, cfg
+
+
 def test_diag_damping_solves_marquardt_system():
     """damping_matrix "diag": the CG step solves (G + λD) p = −g with D = diag/mean(diag) + floor
     (diag: the preconditioner's curvature-diagonal estimate); here checked against a dense solve
     on a badly scaled linear least-squares problem (columns scaled over 4 orders of magnitude)."""
-    X, Y = _linear_problem()
-    X = X * torch.tensor([1e-2, 1e-1, 1.0, 1.0, 10.0, 1.0], dtype=torch.float64)
-    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=torch.float64)], 1)
     lam, floor = 0.3, 0.05
     for matrix in ("identity", "diag"):
-        model = nn.Linear(6, 1).double()
-        with torch.no_grad():
-            model.weight.zero_()
-            model.bias.zero_()
-        obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
-        cfg = HFConfig(damping=lam, cg_max_iters=200, cg_tol=1e-14, cg_min_iters=200, preconditioner="martens",
-                       damping_matrix=matrix, damping_floor=floor, backtracking=False, line_search=False)
+        Xa, model, obj, cfg = _badly_scaled(matrix, lam, floor)
         opt = HessianFree(model.parameters(), cfg)
         _, g, g2 = obj.gradient(torch.Generator().manual_seed(0))
         opt.step(obj)
         p = torch.cat([model.weight.reshape(-1), model.bias.reshape(-1)]).detach()
-        G = Xa.T @ Xa / X.shape[0]
+        G = Xa.T @ Xa / Xa.shape[0]
         D = torch.eye(7, dtype=torch.float64) if matrix == "identity" else torch.diag(g2 / g2.mean() + floor)
         want = torch.linalg.solve(G + lam * D, -g)
         assert torch.allclose(p, want, rtol=1e-6, atol=1e-9), matrix
@@ -536,22 +544,13 @@ def test_block_damping_scales_each_parameter_tensor():
     assert torch.allclose(D, want)
     with pytest.raises(ValueError, match="block sizes"):
         damping_diagonal(HFConfig(damping_matrix="block"), diag, [2, 2])
-    X, Y = _linear_problem()
-    X = X * torch.tensor([1e-2, 1e-1, 1.0, 1.0, 10.0, 1.0], dtype=torch.float64)
-    Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=torch.float64)], 1)
     lam, floor = 0.3, 1e-3
-    model = nn.Linear(6, 1).double()
-    with torch.no_grad():
-        model.weight.zero_()
-        model.bias.zero_()
-    obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
-    cfg = HFConfig(damping=lam, cg_max_iters=200, cg_tol=1e-14, cg_min_iters=200, preconditioner="martens",
-                   damping_matrix="block", damping_floor=floor, backtracking=False, line_search=False)
+    Xa, model, obj, cfg = _badly_scaled("block", lam, floor)
     _, g, g2 = obj.gradient(torch.Generator().manual_seed(0))
     HessianFree(model.parameters(), cfg).step(obj)
     p = torch.cat([model.weight.reshape(-1), model.bias.reshape(-1)]).detach()
     means = torch.stack([g2[:6].mean(), g2[6:].mean()])
     d = means / means.max() + floor
     D = torch.diag(torch.cat([d[0].repeat(6), d[1:]]))
-    want = torch.linalg.solve(Xa.T @ Xa / X.shape[0] + lam * D, -g)
+    want = torch.linalg.solve(Xa.T @ Xa / Xa.shape[0] + lam * D, -g)
     assert torch.allclose(p, want, rtol=1e-6, atol=1e-9)

@@ -30,6 +30,21 @@ from torch import Tensor
 from hfasr.data.frames import AlignedCuts, FrameDataConfig
 
 
+def read_cached(cache: OrderedDict, size: int, cut, manifest: Path, length: int, key: int,
+                utt_cmn: bool = False) -> Tensor:
+    """Read the checked features of ``cut`` (first ``length`` frames, mean-removed with
+    ``utt_cmn``) into the LRU ``cache`` under ``key``, evicting beyond ``size`` entries."""
+    from hfasr.data.features import cut_features
+
+    x = torch.from_numpy(cut_features(cut, manifest)).float()[:length]
+    if utt_cmn:
+        x = x - x.mean(0, keepdim=True)
+    cache[key] = x
+    while len(cache) > size:
+        cache.popitem(last=False)
+    return x
+
+
 class StreamedFrameData:
     """The frames of one split with features on disk (module docstring). Offers the part of
     :class:`~hfasr.data.frames.FrameData`'s interface that frame-level DNN training uses:
@@ -81,15 +96,9 @@ class StreamedFrameData:
         if x is not None:
             self._cache.move_to_end(u)
             return x
-        from hfasr.data.features import cut_features
-
-        x = torch.from_numpy(cut_features(self._cuts[u], self.manifest)).float()[: int(self.lengths[u])]
-        if self.utt_cmn:
-            x = x - x.mean(0, keepdim=True)
+        x = read_cached(self._cache, self.cache_utts, self._cuts[u], self.manifest, int(self.lengths[u]), u,
+                        self.utt_cmn)
         self.loads += 1
-        self._cache[u] = x
-        while len(self._cache) > self.cache_utts:
-            self._cache.popitem(last=False)
         return x
 
     def spliced(self, idx: Tensor, context: int) -> Tensor:

@@ -213,13 +213,11 @@ class StreamedSeqSet:
         if x is not None:
             self._cache.move_to_end(u)
             return x
-        from hfasr.data.features import cut_features
+        from hfasr.data.stream import read_cached
 
-        x = torch.from_numpy(cut_features(self._cuts[u], self.manifest)).float()[: int(self.offsets[u + 1] - self.offsets[u])]
+        x = read_cached(self._cache, self.cache_utts, self._cuts[u], self.manifest,
+                        int(self.offsets[u + 1] - self.offsets[u]), u)
         self.loads += 1
-        self._cache[u] = x
-        while len(self._cache) > self.cache_utts:
-            self._cache.popitem(last=False)
         return x
 
     def __getitem__(self, u: int) -> tuple[Tensor, SeqSupervision]:
