@@ -15,6 +15,7 @@ import sys
 
 from hfasr.bin import COMMANDS
 from hfasr.errors import HfasrError
+from hfasr.heap import bound_heap
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,29 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RESOURCE_LOG_ENV = "HFASR_RESOURCE_LOG"
-MMAP_THRESHOLD = 128 * 1024  # bytes: glibc's initial M_MMAP_THRESHOLD, kept fixed
-
-
-def bound_heap() -> bool:
-    """Fix glibc's mmap threshold at :data:`MMAP_THRESHOLD`, so that every large buffer (a
-    batch's tensors) is returned to the system when freed. glibc raises the threshold each time
-    such a buffer is freed (up to 32 MB); later ones then come from the heap, which fragments
-    between the long-lived small objects of a run (cached features, lattice views) and does not
-    shrink. Measured on synth HF-sMBR (2 updates): peak RSS 1,478 → 1,249 MB in memory and
-    1,668 → 1,173 MB streamed. A user's own ``MALLOC_MMAP_THRESHOLD_`` is left alone. Returns
-    whether the threshold was set (False off glibc)."""
-    import ctypes
-    import os
-
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD = -3 (malloc.h)
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-
-
 def _log_resources(path: str, argv: list[str], wall: float, status: int) -> None:
     """Append one JSON line to ``path``: the command, its exit status, wall seconds, CPU seconds
     (user + system, this process and its finished children) and peak resident memory (MB) of this

@@ -156,11 +156,12 @@ def save_torch(obj: Any, path: str | Path, fsync: bool = True) -> None:
                             f"torch: {str(e).strip()[:120]}); the previous version (if any) is unchanged") from e
 
 
-def load_torch(path: str | Path, what: str, keys: Sequence[str] = (), map_location: Any = "cpu") -> Any:
+def load_torch(path: str | Path, what: str, keys: Sequence[str] = (), map_location: Any = "cpu",
+               mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``, checked.
 
     ``what`` says what the file should be (e.g. ``"a prior file written by hfasr train"``); ``keys``
-    are the keys a dict must have. A missing, truncated or tampered file (a pickle that would run
+    are the keys a dict must have; ``mmap``: tensors are views of the memory-mapped file. A missing, truncated or tampered file (a pickle that would run
     code is refused by ``weights_only`` and never executed), or one of the wrong kind, is a
     :class:`DataError` naming the file and ``what``.
     """
@@ -170,7 +171,7 @@ def load_torch(path: str | Path, what: str, keys: Sequence[str] = (), map_locati
     if not path.is_file():
         raise DataError(f"{path}: not found (expected {what})")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, not a torch file, or pickled objects refused by weights_only
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot read {what}: the file is truncated, corrupt or holds more "

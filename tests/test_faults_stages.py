@@ -320,7 +320,8 @@ def test_lattice_shards_follow_shard_utterances(exp, tmp_path):
 # ------------------------------------------------------------------ streamed sequence training
 def test_streamed_sequence_data_equals_in_memory(exp):
     """StreamedSeqSet (features from disk, lattices from bounded shard maps) hands out the same
-    utterances as load_seq_data; a tiny map budget remaps the shards and keeps the levels."""
+    utterances as load_seq_data (each lattice with its levels, computed on access, and each
+    utterance with its features read through a FeatureRef); a tiny map budget remaps the shards."""
     import torch
 
     from hfasr.lattice.store import LatticeShards, load_lattice_dir
@@ -340,7 +341,10 @@ def test_streamed_sequence_data_equals_in_memory(exp):
                 assert torch.equal(getattr(a.lattice, k), getattr(b.lattice, k)), k
             assert torch.equal(a.lattice.levels(), b.lattice.levels())
     assert shards.remaps > 0 and st.loads > len(st)
-    assert all(bool(s._has_levels.all()) for s in shards.stores)  # computed once, carried over
+    assert all(s._levels is None for s in shards.stores)  # no level cache growing with the corpus
+    from hfasr.data.features import FeatureRef
+
+    assert all(isinstance(r, FeatureRef) for r in st._cuts)
 
 
 def test_streamed_hf_smbr_equals_in_memory(exp, tmp_path):

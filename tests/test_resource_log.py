@@ -33,7 +33,7 @@ def test_bound_heap_sets_glibc_mmap_threshold(monkeypatch):
     MALLOC_MMAP_THRESHOLD_ is left alone."""
     import sys
 
-    from hfasr.cli import bound_heap
+    from hfasr.heap import bound_heap
 
     if sys.platform.startswith("linux"):
         import ctypes

@@ -94,3 +94,36 @@ def test_stream_config_errors():
         load_config(TrainConfig, None, {"optimizer": "adam", "model": "blstm", "stream_buffer_utts": 10})
     with pytest.raises(ConfigError, match="stream_buffer_utts"):
         load_config(TrainConfig, None, {"optimizer": "adam", "stream_buffer_utts": -1})
+
+
+def test_feature_ref_reads_as_the_cut_and_lazy_manifest_errors(corpus, tmp_path):
+    """A FeatureRef (what streamed sets keep per utterance) reads the cut's features exactly, the
+    cuts of one archive share one Features template; a truncated manifest met by the lazy
+    streamed loader is a DataError naming the file."""
+    import shutil
+
+    import numpy as np
+
+    from hfasr.data.corpora import load_cuts
+    from hfasr.data.features import FeatureRef, cut_features
+    from hfasr.data.frames import feats_manifest_path
+    from hfasr.errors import DataError
+
+    root, _ = corpus
+    manifest = feats_manifest_path(root, TASK, "train")
+    cuts = list(load_cuts(manifest))
+    refs = [FeatureRef(c) for c in cuts]
+    for c, r in zip(cuts, refs):
+        assert r.id == c.id and np.array_equal(cut_features(r, manifest), cut_features(c, manifest))
+    same = {}
+    for c, r in zip(cuts, refs):
+        same.setdefault(c.features.storage_path, set()).add(id(r.archive))
+    assert all(len(v) == 1 for v in same.values())
+
+    bad = tmp_path / "data"
+    shutil.copytree(root, bad, symlinks=True)
+    gz = feats_manifest_path(bad, TASK, "train").read_bytes()
+    feats_manifest_path(bad, TASK, "train").write_bytes(gz[: len(gz) // 2])  # a truncated gzip stream
+    with pytest.raises(DataError, match="truncated or corrupt") as e:
+        StreamedFrameData.load(bad, TASK, "train", root / "gmm")
+    assert str(feats_manifest_path(bad, TASK, "train")) in str(e.value)

@@ -1031,6 +1031,30 @@ def load_cuts(path: str | Path, missing_hint: str = "run `hfasr prepare` first")
     return cuts
 
 
+def iter_cuts(path: str | Path, missing_hint: str = "run `hfasr prepare` first"):
+    """The cuts of manifest ``path`` one at a time, read lazily (a streamed loader then never
+    holds the whole manifest; the Python objects it keeps per cut are not scattered among the
+    freed ones of a whole loaded manifest). The errors of :func:`load_cuts`, raised when met."""
+    from lhotse import CutSet
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found; {missing_hint}")
+    n = 0
+    try:
+        for cut in CutSet.from_jsonl_lazy(path):
+            n += 1
+            yield cut
+    except DataError:
+        raise
+    except Exception as e:  # EOFError, gzip.BadGzipFile, JSONDecodeError, lhotse's ValueError ...
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise DataError(f"{path}: cannot read this manifest: it is truncated or corrupt "
+                        f"({type(e).__name__}{': ' + msg if msg else ''}); re-create it") from e
+    if n == 0:
+        raise DataError(f"{path}: the manifest holds no cuts (hfasr never writes an empty one); re-create it")
+
+
 def write_cuts(cuts: CutSet, path: Path, name: Path | None = None) -> None:
     """Write ``cuts`` to ``path`` atomically (temporary file, fsync, rename); a full disk or
     another write error is a DataError naming ``name`` (default ``path``), the file meant."""

@@ -101,6 +101,45 @@ def cut_source(cut) -> str:
     return ", ".join(str(src.source) for src in rec.sources) if rec is not None else "no recording"
 
 
+_ARCHIVES: dict[str, Features] = {}  # FeatureRef's shared per-archive Features templates
+
+
+class FeatureRef:
+    """What reading one cut's features needs, without the rest of its manifest entry (recording,
+    supervisions): the cut id, its storage key, its span, and a :class:`lhotse.Features`
+    template shared by every cut of the same archive. Streamed training keeps one per utterance
+    in place of the cut: about 0.3 kB against 3.3 kB for a lhotse cut with its features.
+    It quacks like a cut for :func:`cut_features`; :meth:`load_features` returns what
+    ``MonoCut.load_features`` does."""
+
+    __slots__ = ("archive", "duration", "feat_duration", "feat_start", "id", "key", "num_frames", "start")
+    has_features = True
+
+    def __init__(self, cut) -> None:
+        if not cut.has_features:
+            raise DataError(f"cut '{cut.id}' has no features")
+        f = cut.features
+        tmpl = fastcopy(f, storage_key="", start=0.0, duration=0.0, num_frames=0, recording_id=None)
+        self.archive = _ARCHIVES.setdefault(repr(tmpl), tmpl)
+        self.id, self.key = cut.id, f.storage_key
+        self.feat_start, self.feat_duration = f.start, f.duration
+        self.start, self.duration, self.num_frames = cut.start, cut.duration, cut.num_frames
+
+    @property
+    def features(self) -> Features:
+        return fastcopy(self.archive, storage_key=self.key, start=self.feat_start, duration=self.feat_duration,
+                        num_frames=self.num_frames)
+
+    def load_features(self) -> np.ndarray:
+        feats = self.features.load(start=self.start, duration=self.duration)
+        d = feats.shape[0] - self.num_frames  # lhotse forgives one frame either way, as MonoCut does
+        if d == 1:
+            feats = feats[: self.num_frames, :]
+        elif d == -1:
+            feats = np.concatenate((feats, feats[-1:, :]), axis=0)
+        return feats
+
+
 def cut_features(cut, manifest: str | Path) -> np.ndarray:
     """The checked features (T, F) of ``cut`` of ``manifest``: DataError naming the cut, the
     manifest and the archive when it has none, its archive cannot be read, or a value is

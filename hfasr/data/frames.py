@@ -60,14 +60,16 @@ def feats_manifest_path(data_dir: str | Path, task: str, split: str) -> Path:
     return Path(data_dir) / f"{task}_feats_{split}.jsonl.gz"
 
 
-def load_alignment(path: str | Path) -> dict:
-    """Read and check an alignment file (``docs/formats.md``); DataError naming the file."""
+def load_alignment(path: str | Path, mmap: bool = False) -> dict:
+    """Read and check an alignment file (``docs/formats.md``); DataError naming the file.
+    ``mmap``: its tensors are views of the memory-mapped file (no private copy: a streamed
+    loader that keeps int32 copies of what it needs then drops the map)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"alignment file not found: {path}; run `hfasr gmm` first")
     from hfasr.fileio import load_torch
 
-    ali = load_torch(path, "an alignment file written by `hfasr gmm` or `hfasr align`")
+    ali = load_torch(path, "an alignment file written by `hfasr gmm` or `hfasr align`", mmap=mmap)
     need = ("cut_ids", "pdfs", "num_pdfs")
     if not isinstance(ali, dict) or any(k not in ali for k in need):
         raise DataError(f"{path}: expected a dict with keys {list(need)} (+ 'tids', 'phones')")
@@ -220,11 +222,13 @@ class AlignedCuts:
     docstring), read one at a time: :meth:`iterate` yields ``(cut, cut_id, features (T, F)
     float32, pdfs (T,) long, phones (T,) long or None)``, both cut to the shorter length.
     :class:`FrameData` keeps them all; :class:`hfasr.data.stream.StreamedFrameData` keeps the
-    targets only and reads the features again when a batch needs them."""
+    targets only and reads the features again when a batch needs them. ``mmap_alignment``: the
+    alignment's tensors are views of the mapped file; ``lazy``: the manifest is read while
+    iterating, not held whole (the streamed loaders)."""
 
     def __init__(self, data_dir: str | Path, task: str, split: str, ali_dir: str | Path,
-                 cfg: FrameDataConfig | None = None) -> None:
-        from hfasr.data.corpora import load_cuts
+                 cfg: FrameDataConfig | None = None, mmap_alignment: bool = False, lazy: bool = False) -> None:
+        from hfasr.data.corpora import iter_cuts, load_cuts
 
         self.cfg = cfg or FrameDataConfig()
         self.task, self.split = task, split
@@ -232,10 +236,12 @@ class AlignedCuts:
         if not self.manifest.is_file():
             raise DataError(f"feature manifest not found: {self.manifest}; run `hfasr features` first")
         self.ali_path = alignment_path(ali_dir, split)
-        self.ali = load_alignment(self.ali_path)
+        self.ali = load_alignment(self.ali_path, mmap=mmap_alignment)
         self.num_pdfs = int(self.ali["num_pdfs"])
         self.have_phones = "phones" in self.ali
-        self.cuts = load_cuts(self.manifest, "run `hfasr features` first")
+        hint = "run `hfasr features` first"
+        manifest = self.manifest  # (not self: no reference cycle keeping the alignment alive)
+        self.cuts = (lambda: iter_cuts(manifest, hint)) if lazy else load_cuts(manifest, hint)
 
     def iterate(self, progress: bool = False):
         from tqdm import tqdm
@@ -246,7 +252,8 @@ class AlignedCuts:
         pos = {c: i for i, c in enumerate(ali["cut_ids"])}
         excluded = _excluded(ali_path)
         missing, n = [], 0
-        for cut in tqdm(self.cuts, desc=f"load {self.task}/{self.split}", disable=not progress, leave=False):
+        cuts = self.cuts() if callable(self.cuts) else self.cuts
+        for cut in tqdm(cuts, desc=f"load {self.task}/{self.split}", disable=not progress, leave=False):
             i = pos.get(cut.id)
             if i is None:
                 if not cfg.drop_unaligned:

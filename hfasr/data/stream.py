@@ -55,7 +55,9 @@ class StreamedFrameData:
 
     def __init__(self, cuts: Sequence, manifest: Path, lengths: Sequence[int], targets: Tensor, num_pdfs: int,
                  feat_dim: int, utt_cmn: bool, buffer_utts: int, cache_utts: int | None = None) -> None:
-        self._cuts = list(cuts)
+        from hfasr.data.features import FeatureRef
+
+        self._cuts = [c if isinstance(c, FeatureRef) else FeatureRef(c) for c in cuts]  # not the cuts
         self.cut_ids = [c.id for c in self._cuts]
         self.manifest = manifest
         lens = torch.as_tensor(list(lengths), dtype=torch.long)
@@ -133,7 +135,9 @@ class StreamedFrameData:
              progress: bool = False) -> StreamedFrameData:
         """One pass over the split (the checks of :meth:`FrameData.load`); keeps the targets
         and the float64 mean / standard deviation of the (mean-removed with ``utt_cmn``) frames."""
-        aligned = AlignedCuts(data_dir, task, split, ali_dir, cfg)
+        from hfasr.data.features import FeatureRef
+
+        aligned = AlignedCuts(data_dir, task, split, ali_dir, cfg, mmap_alignment=True, lazy=True)
         cuts, lengths, targets = [], [], []
         s1 = s2 = None
         n = 0
@@ -144,7 +148,7 @@ class StreamedFrameData:
             s1 = xd.sum(0) if s1 is None else s1 + xd.sum(0)
             s2 = (xd * xd).sum(0) if s2 is None else s2 + (xd * xd).sum(0)
             n += x.shape[0]
-            cuts.append(cut)
+            cuts.append(FeatureRef(cut))
             lengths.append(int(x.shape[0]))
             targets.append(y.to(torch.int32))
         data = cls(cuts, aligned.manifest, lengths, torch.cat(targets), aligned.num_pdfs, int(s1.numel()),
@@ -152,4 +156,8 @@ class StreamedFrameData:
         mean = s1 / n
         var = (s2 - n * mean * mean) / max(n - 1, 1)  # unbiased, as torch.std
         data.mean, data.std = mean.float(), var.clamp(min=0).sqrt().float().clamp(min=1e-5)
+        del aligned, targets, x, xd, y
+        from hfasr.heap import trim_heap
+
+        trim_heap()  # the alignment file's freed tensors (module hfasr.heap)
         return data

@@ -28,7 +28,8 @@ that behaves like a :class:`Lattice` (its tensors are slices of the packed ones,
 access); :class:`~hfasr.lattice.fb.LatticeBatch` casts to int64 / float64 when it builds a batch,
 so the forward-backward runs in double precision as before; only the stored graph costs are
 rounded to float32 (the decoder's costs are float32: exact). Topological levels (needed by
-every batch) are cached per state as int32 (4 bytes per state).
+every batch) are cached per state as int32 (4 bytes per state) in memory, not in
+:class:`LatticeShards`.
 
 On disk, one shard is ``store.to_dict()`` saved with :func:`hfasr.fileio.save_torch` (tensors
 and plain data only: ``torch.load(weights_only=True)`` reads it).
@@ -72,9 +73,11 @@ class PackedLattices:
         if t2p.numel():
             t2p[0] = -1  # tid 0: epsilon
         self.tid2pdf = t2p
-        # topological level of every state (int32), computed on first use per lattice
-        self._levels = torch.full((int(self.state_offsets[-1]),), -1, dtype=torch.int32)
-        self._has_levels = torch.zeros(len(self.cut_ids), dtype=torch.bool)
+        # topological level of every state (int32), computed on first use per lattice and kept
+        # when cache_levels (allocated on first use; LatticeShards turns the cache off)
+        self.cache_levels = True
+        self._levels: Tensor | None = None
+        self._has_levels: Tensor | None = None
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -200,7 +203,8 @@ class PackedLattices:
     def nbytes(self) -> int:
         """Bytes of the tensors held (the level cache included)."""
         ts = [self.num_states, self.num_frames, self.arc_offsets, self.final_offsets, self.state_offsets,
-              self.state_time, self.final_state, self.final_cost, self.tid2pdf, self._levels, self._has_levels,
+              self.state_time, self.final_state, self.final_cost, self.tid2pdf,
+              *(t for t in (self._levels, self._has_levels) if t is not None),
               *(getattr(self, k) for k in _ARC_FIELDS)]
         if self.word is not None:
             ts.append(self.word)
@@ -211,6 +215,11 @@ class PackedLattices:
         return self[i].lattice()
 
     def _levels_of(self, i: int, lat: PackedLattice) -> Tensor:
+        if not self.cache_levels:
+            return lat.lattice().levels().to(torch.int32)
+        if self._levels is None or self._has_levels is None:
+            self._levels = torch.full((int(self.state_offsets[-1]),), -1, dtype=torch.int32)
+            self._has_levels = torch.zeros(len(self.cut_ids), dtype=torch.bool)
         s0, s1 = int(self.state_offsets[i]), int(self.state_offsets[i + 1])
         if not bool(self._has_levels[i]):
             self._levels[s0:s1] = lat.lattice().levels().to(torch.int32)
@@ -461,8 +470,10 @@ class LatticeShards:
     resident (and counts in the process's RSS) until the map is dropped: a pass over the
     training set would end with the whole split resident. :meth:`get` therefore counts the
     bytes of the lattices it hands out and, once they exceed ``map_budget_mb``, maps every
-    shard afresh (the old maps go once no batch holds a view of them). The topological-level
-    cache (int32 per state, private) is carried over, so levels are computed once per lattice.
+    shard afresh (the old maps go once no batch holds a view of them). Topological levels are
+    computed when a lattice is handed to a batch, not cached: a cache (4 private bytes per state)
+    would grow with the corpus (160 MB at 32k synth utterances), computing them costs about
+    0.4 ms per lattice.
     A lattice dir of the single-file format of earlier versions is held in memory as read.
 
     ``meta``: :func:`load_lattice_dir`'s dict (``tid2pdf``, ``acoustic_scale``, ...), without the
@@ -481,6 +492,8 @@ class LatticeShards:
         self.budget = map_budget_mb * 2**20 if self._files else math.inf
         self.touched = 0.0  # bytes handed out since the shards were last mapped
         self.remaps = 0  # times the shards were mapped afresh (tests, diagnostics)
+        for st in self.stores:
+            st.cache_levels = False
         if self._files:
             self._remap()  # drop the pages that checking the shards touched (their transition ids)
 
@@ -504,9 +517,8 @@ class LatticeShards:
 
     def _remap(self) -> None:
         for s, (path, key) in enumerate(self._files):
-            old = self.stores[s]
             new, _ = read_shard(path, key, mmap=True, check=False)
-            new._levels, new._has_levels = old._levels, old._has_levels
+            new.cache_levels = False
             self.stores[s] = new
         self.touched = 0.0
         self.remaps += 1

@@ -167,8 +167,9 @@ def load_seq_data(data_dir: str | Path, task: str, split: str, ali_dir: str | Pa
 class StreamedSeqSet:
     """The sequence-training utterances of one split, read from disk when a batch needs them.
 
-    Kept in memory per utterance: the cut (its manifest entry), the length, the reference pdf and
-    phone alignments (int32, 8 bytes per frame) and the transcript. Features are read from the
+    Kept in memory per utterance: a :class:`~hfasr.data.features.FeatureRef` (what reading its
+    features needs, not the whole cut), the length, the reference pdf and phone alignments
+    (int32, 8 bytes per frame) and the transcript. Features are read from the
     lhotse archives through a cache of ``cache_utts`` utterances, lattices from the memory-mapped
     shards of a :class:`~hfasr.lattice.store.LatticeShards` (bounded resident pages). It offers
     the part of :class:`~hfasr.data.utterances.UtteranceSet` that training uses: ``cut_ids``,
@@ -182,7 +183,9 @@ class StreamedSeqSet:
                  ref_phone: Tensor, lattices, texts: Sequence[str], cache_utts: int) -> None:
         from collections import OrderedDict
 
-        self._cuts = list(cuts)
+        from hfasr.data.features import FeatureRef
+
+        self._cuts = [c if isinstance(c, FeatureRef) else FeatureRef(c) for c in cuts]  # not the cuts
         self.cut_ids = [c.id for c in self._cuts]
         self.manifest = manifest
         lens = torch.as_tensor(list(lengths), dtype=torch.long)
@@ -235,9 +238,11 @@ class StreamedSeqSet:
              cache_utts: int, progress: bool = False) -> StreamedSeqSet:
         """One pass over ``split``: every cut with features, an alignment (with phones) and a
         lattice of the same length; the skipped ones are logged as :func:`load_seq_data` does."""
+        from hfasr.data.features import FeatureRef
         from hfasr.data.frames import AlignedCuts, FrameDataConfig
 
-        aligned = AlignedCuts(data_dir, task, split, ali_dir, FrameDataConfig(drop_unaligned=True))
+        aligned = AlignedCuts(data_dir, task, split, ali_dir, FrameDataConfig(drop_unaligned=True),
+                              mmap_alignment=True, lazy=True)
         if not aligned.have_phones:
             raise DataError(f"{aligned.ali_path} has no phone alignment ('phones'); rerun `hfasr gmm`")
         cuts, lengths, pdfs, phones, texts, skipped = [], [], [], [], [], []
@@ -250,7 +255,7 @@ class StreamedSeqSet:
                 skipped.append((cid, f"lattice has {n} frames, features/alignment {x.shape[0]}"))
                 continue
             check_features([cid], [x], f"split '{split}'")
-            cuts.append(cut)
+            cuts.append(FeatureRef(cut))
             lengths.append(int(x.shape[0]))
             pdfs.append(y.to(torch.int32))
             phones.append(ph.to(torch.int32))
@@ -260,7 +265,12 @@ class StreamedSeqSet:
                         len(skipped) + len(cuts), *skipped[0])
         if not cuts:
             raise DataError(f"{task}/{split}: no cut has features, an alignment in {ali_dir} and a lattice")
-        return cls(cuts, aligned.manifest, lengths, torch.cat(pdfs), torch.cat(phones), lattices, texts, cache_utts)
+        out = cls(cuts, aligned.manifest, lengths, torch.cat(pdfs), torch.cat(phones), lattices, texts, cache_utts)
+        del aligned, pdfs, phones, x, y, ph
+        from hfasr.heap import trim_heap
+
+        trim_heap()  # the alignment file's freed tensors (module hfasr.heap)
+        return out
 
 
 # ---------------------------------------------------------------------------------------- criterion
