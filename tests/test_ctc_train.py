@@ -220,11 +220,19 @@ def test_output_bias_prior_starts_below_uniform_outputs(tiny, tmp_path):
 
 
 def test_hf_fine_tunes_an_adam_model_from_init(tiny, tmp_path):
-    """``--init``: HF starts from Adam's final.pt (its initial report is Adam's final dev loss)
+    """``keep_models`` keeps every report's model; ``--init``: HF starts from Adam's final.pt (its initial report is Adam's final dev loss)
     and never raises it (here Adam has converged on 6 utterances and HF's steps are rejected); a
     model of another architecture is an error naming the file."""
-    adam = run_ctc_training(cfg_of(optimizer="adam"), tiny, TASK, tmp_path / "adam", lang_dir=tiny / "lang",
-                            progress=False)
+    adam = run_ctc_training(cfg_of(optimizer="adam", keep_models=True), tiny, TASK, tmp_path / "adam",
+                            lang_dir=tiny / "lang", progress=False)
+    # keep_models: every report's model (e.g. Adam's dev-best epoch as HF's start), the last = final.pt
+    import torch
+
+    kept = sorted(int(p.stem) for p in (tmp_path / "adam" / "models").glob("*.pt"))
+    assert kept == [r["update"] for r in adam.history]
+    last = torch.load(tmp_path / "adam" / "models" / f"{kept[-1]}.pt", weights_only=True)["state_dict"]
+    final = torch.load(tmp_path / "adam" / "final.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(last[k], final[k]) for k in final)
     ft = run_ctc_training(cfg_of(optimizer="hf"), tiny, TASK, tmp_path / "ft", lang_dir=tiny / "lang",
                           progress=False, init=tmp_path / "adam" / "final.pt")
     assert ft.history[0]["dev_obj"] == pytest.approx(adam.history[-1]["dev_obj"], rel=1e-5)

@@ -49,7 +49,7 @@ MODELS = ("blstm", "mdlstm", "dnn")
 class CtcTrainConfig:
     """Options of ``hfasr train --criterion ctc`` (YAML via ``--config``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "adam.epochs", "num_threads", "device")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "adam.epochs", "num_threads", "device", "keep_models")
 
     criterion: str = "ctc"
     model: Literal["blstm", "mdlstm", "dnn"] = "blstm"  # architecture; hyper-parameters in its section
@@ -70,6 +70,9 @@ class CtcTrainConfig:
     train_split: str = "train"
     dev_split: str = "dev"
     dev_wer: bool = True  # greedy-decode the dev set at every report (WER, token error rate)
+    # also write models/<update>.pt at every report, e.g. to start HF fine-tuning (--init) from
+    # the Adam epoch with the lowest dev loss
+    keep_models: bool = False
     # HF: held-out 10% for ρ / backtracking / line search, G v on a 10% sample. Structural damping
     # μ (blstm/mdlstm) is off by default: from a random start, μ = 0.3 kept a yesno BLSTM at the
     # all-blank plateau for 14 updates; μ = 0 (with a 25% curvature sample and 100 CG iterations)
