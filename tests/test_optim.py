@@ -235,6 +235,23 @@ def test_one_update_minimizes_quadratic_exactly():
     assert st.accepted and st.alpha == 1.0 and st.rho == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("damping_matrix", ["identity", "block"])
+def test_rho_from_cg_phi_is_exact_on_a_quadratic_with_heavy_damping(damping_matrix):
+    """With structural damping off, ρ's pᵀGp comes from CG's φ minus the damping term (the
+    curvature sample is freed before the held-out passes, no extra G v product): on a quadratic
+    the damping-free model is exact, so ρ = 1 even for a heavily damped, truncated CG step."""
+    X, Y = _linear_problem()
+    model = nn.Linear(6, 1).double()
+    obj = tensor_objective(model, _se, lambda z, t: SquaredError(z), (X, Y), curvature_fraction=1.0)
+    cfg = HFConfig(damping=30.0, cg_max_iters=3, preconditioner="none", backtracking=False, line_search=False,
+                   damping_matrix=damping_matrix)
+    opt = HessianFree(model.parameters(), cfg)
+    for k in range(2):  # the second update starts CG from the warm start (φ0 ≠ 0; one product for r0)
+        st = opt.step(obj)
+        assert st.accepted and st.rho == pytest.approx(1.0, abs=1e-9)
+        assert st.products == st.cg_iters + k
+
+
 def _classification(seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(1200, 8, generator=g)

@@ -11,7 +11,10 @@ One :meth:`HessianFree.step` is one HF update:
    stopping rule, iterates stored at ⌈5·1.3^j⌉;
 4. CG-backtracking over the stored iterates (gradient data or held-out data);
 5. reduction ratio ρ = (f(θ+p) − f(θ)) / (q(p) − q(0)) with damping off in q, on the curvature
-   batch, the gradient data or held-out data; Levenberg-Marquardt: ρ < ¼ → λ·3/2, ρ > ¾ → λ·2/3;
+   batch, the gradient data or held-out data; Levenberg-Marquardt: ρ < ¼ → λ·3/2, ρ > ¾ → λ·2/3.
+   Without structural damping, q's pᵀGp is CG's φ at the chosen iterate less the damping term
+   (no extra G v product), and the curvature batch's linearization is freed as soon as CG ends,
+   before the held-out passes (it is the largest buffer of a sequence-training update);
 6. Armijo line search (c = 10⁻², α ← 0.8α) as a safeguard; the step is rejected if it fails.
 
 The optimizer knows nothing of speech: an :class:`HFObjective` supplies losses, gradients and the
@@ -360,6 +363,11 @@ class HessianFree(torch.optim.Optimizer):
         x0 = None if self.prev_direction is None or not cfg.reuse_warm_start else cfg.warm_start * self.prev_direction
         cg = pcg(A, -g, x0=x0, precond=precond, max_iters=cfg.cg_max_iters, min_iters=cfg.cg_min_iters, tol=cfg.cg_tol)
         finite = torch.isfinite(cg.x).all() and cg.stop != "non_finite"
+        if mu == 0:
+            # ρ's pᵀGp comes from CG's φ (below), so the linearization of the curvature sample
+            # (activations of up to curvature_max_frames frames) is freed before the held-out passes
+            del A, gn
+            gn = None
         heldout_before = None
         needs_heldout = "heldout" in (cfg.rho_data, cfg.backtrack_data, cfg.linesearch_data)
         if needs_heldout:
@@ -386,10 +394,15 @@ class HessianFree(torch.optim.Optimizer):
         chosen_iter, p = cg.iterates[j]
         gp = float(torch.dot(g, p))
 
-        # Reduction ratio with damping off in the model (Martens).
-        Gp = gn(p) + eta * p
-        products += 1
-        denom = 0.5 * float(torch.dot(p, Gp)) + gp
+        # Reduction ratio with damping off in the model (Martens): pᵀ(G + η)p.
+        if gn is None:  # μ = 0: A = G + λD + η, and CG's φ_j = ½ pᵀAp + gᵀp at the chosen iterate
+            phi = cg.phi0 if chosen_iter == 0 else cg.phis[chosen_iter - 1]
+            pAp = 2.0 * (phi - gp)
+            pGp = pAp - lam * float(torch.dot(p, p) if D is None else torch.dot(D * p, p))
+        else:
+            pGp = float(torch.dot(p, gn(p) + eta * p))
+            products += 1
+        denom = 0.5 * pGp + gp
         if cfg.rho_data == "gradient":
             f_r0 = loss0
         elif cfg.rho_data == "heldout":
