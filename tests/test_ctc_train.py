@@ -233,6 +233,11 @@ def test_hf_fine_tunes_an_adam_model_from_init(tiny, tmp_path):
     last = torch.load(tmp_path / "adam" / "models" / f"{kept[-1]}.pt", weights_only=True)["state_dict"]
     final = torch.load(tmp_path / "adam" / "final.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(last[k], final[k]) for k in final)
+    first = tmp_path / "adam" / "models" / f"{kept[1]}.pt"
+    assert torch.load(first, weights_only=True)["tokens"] == torch.load(tmp_path / "adam" / "final.pt",
+                                                                          weights_only=True)["tokens"]
+    run_ctc_training(cfg_of(optimizer="hf", hf={"updates": 1}), tiny, TASK, tmp_path / "ft1", lang_dir=tiny / "lang",
+                     progress=False, init=first)  # a kept epoch as the start
     ft = run_ctc_training(cfg_of(optimizer="hf"), tiny, TASK, tmp_path / "ft", lang_dir=tiny / "lang",
                           progress=False, init=tmp_path / "adam" / "final.pt")
     assert ft.history[0]["dev_obj"] == pytest.approx(adam.history[-1]["dev_obj"], rel=1e-5)

@@ -344,8 +344,10 @@ class Experiment:
         if getattr(self.cfg, "keep_models", False) and self.rank == 0:
             from hfasr.models import save_model
 
-            # every report's model, to choose the number of updates on dev afterwards
-            save_model(self.out / "models" / f"{driver.update}.pt", task.net, update=driver.update)
+            # every report's model, to choose the number of updates on dev afterwards; with
+            # final.pt's metadata, so that any of them decodes or starts another run (--init)
+            save_model(self.out / "models" / f"{driver.update}.pt", task.net, update=driver.update,
+                       criterion=self.cfg.criterion, optimizer=self.cfg.optimizer, **task.final_info())
         return rec
 
     # --- checkpoints ----------------------------------------------------------------------------
