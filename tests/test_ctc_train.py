@@ -249,6 +249,24 @@ def test_hf_fine_tunes_an_adam_model_from_init(tiny, tmp_path):
                          lang_dir=tiny / "lang", progress=False, init=tmp_path / "adam" / "final.pt")
 
 
+def test_select_makes_final_the_dev_best_kept_model(tiny, tmp_path):
+    """``select: dev_obj``: final.pt is the kept model of the report with the lowest dev CTC loss
+    (Adam's epoch to fine-tune from, chosen on dev); select needs keep_models."""
+    import torch
+
+    tr = run_ctc_training(cfg_of(optimizer="adam", keep_models=True, select="dev_obj", adam={"lr": 0.05, "epochs": 4}),
+                          tiny, TASK, tmp_path / "a", lang_dir=tiny / "lang", progress=False)
+    best = min(tr.history, key=lambda h: (h["dev_obj"], h["update"]))
+    final = torch.load(tmp_path / "a" / "final.pt", weights_only=True)
+    kept = torch.load(tmp_path / "a" / "models" / f"{best['update']}.pt", weights_only=True)["state_dict"]
+    assert final["update"] == best["update"] and final["dev_obj"] == pytest.approx(best["dev_obj"])
+    assert all(torch.equal(kept[k], final["state_dict"][k]) for k in kept)
+    with pytest.raises(ConfigError, match="select: dev_obj needs keep_models"):
+        cfg_of(optimizer="adam", select="dev_obj")
+    with pytest.raises(ConfigError, match="key 'select': expected one of"):
+        cfg_of(optimizer="adam", keep_models=True, select="dev_acc")
+
+
 def test_recipe_ctc_stages_fine_tune_a_run_with_hf(tiny, tmp_path):
     """tools/ctc.sh (stages 10-11 of recipes/yesno/run.sh): the run ``blstm_adamhf`` trains with HF
     from ``exp/ctc_blstm_adam/final.pt`` (``--init``), with its own config ``conf/ctc_blstm_adamhf.yaml``;

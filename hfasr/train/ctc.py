@@ -49,7 +49,8 @@ MODELS = ("blstm", "mdlstm", "dnn")
 class CtcTrainConfig:
     """Options of ``hfasr train --criterion ctc`` (YAML via ``--config``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "adam.epochs", "num_threads", "device", "keep_models")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "adam.epochs", "num_threads", "device", "keep_models",
+                                           "select")
 
     criterion: str = "ctc"
     model: Literal["blstm", "mdlstm", "dnn"] = "blstm"  # architecture; hyper-parameters in its section
@@ -73,6 +74,10 @@ class CtcTrainConfig:
     # also write models/<update>.pt at every report, e.g. to start HF fine-tuning (--init) from
     # the Adam epoch with the lowest dev loss
     keep_models: bool = False
+    # final.pt: "last" = the last accepted report's model; "dev_obj" / "dev_wer" = the report with
+    # the lowest dev CTC loss / dev greedy WER (the earliest of equals; needs keep_models), i.e. the
+    # number of epochs or updates chosen on the dev set (e.g. Adam's epoch to start HF from)
+    select: Literal["last", "dev_obj", "dev_wer"] = "last"
     # HF: held-out 10% for ρ / backtracking / line search, G v on a 10% sample. Structural damping
     # μ (blstm/mdlstm) is off by default: from a random start, μ = 0.3 kept a yesno BLSTM at the
     # all-blank plateau for 14 updates; μ = 0 (with a 25% curvature sample and 100 CG iterations)
@@ -95,6 +100,12 @@ class CtcTrainConfig:
             raise ValueError(f"unknown model '{self.model}' (known: {', '.join(MODELS)})")
         if self.optimizer not in ("hf", "adam"):
             raise ValueError(f"CTC training supports optimizers hf and adam, got '{self.optimizer}'")
+        if self.select not in ("last", "dev_obj", "dev_wer"):
+            raise ValueError(f"select must be last, dev_obj or dev_wer, got {self.select!r}")
+        if self.select != "last" and not self.keep_models:
+            raise ValueError(f"select: {self.select} needs keep_models: true")
+        if self.select == "dev_wer" and not self.dev_wer:
+            raise ValueError("select: dev_wer needs dev_wer: true")
         if self.output_bias not in ("prior", "zero"):
             raise ValueError(f"output_bias must be 'prior' or 'zero', got {self.output_bias!r}")
 

@@ -398,22 +398,25 @@ class Experiment:
     # --- the end --------------------------------------------------------------------------------
     def final_record(self) -> dict[str, Any]:
         """The report whose model ``final.pt`` holds: the last accepted one, or with
-        ``cfg.select == "dev_wer"`` the accepted one with the lowest ``dev_wer`` (the earliest)."""
+        ``cfg.select`` = ``"dev_wer"`` / ``"dev_obj"`` the accepted one with the lowest dev WER /
+        dev objective (the earliest of equals; the initial report counts)."""
         accepted = [h for h in self.history if h.get("accepted", True)] or self.history[-1:]
-        if getattr(self.cfg, "select", "last") == "dev_wer":
-            scored = [h for h in accepted if h.get("dev_wer") is not None]
+        key = getattr(self.cfg, "select", "last")
+        if key in ("dev_wer", "dev_obj"):
+            scored = [h for h in accepted if h.get(key) is not None]
             if scored:
-                return min(scored, key=lambda h: (h["dev_wer"], h["update"]))
+                return min(scored, key=lambda h: (h[key], h["update"]))
         return accepted[-1]
 
     def save_final(self, task) -> Path:
         from hfasr.models import load_checkpoint, save_model
 
         last = self.final_record()
-        if getattr(self.cfg, "select", "last") == "dev_wer":  # the chosen report's kept model
+        select = getattr(self.cfg, "select", "last")
+        if select != "last" and last is not self.history[-1]:  # the chosen report's kept model
             kept = self.out / "models" / f"{last['update']}.pt"
             task.net.load_state_dict(load_checkpoint(kept)["state_dict"])
-            self.log_line(f"# select dev_wer: final.pt is update {last['update']} ({kept})")
+            self.log_line(f"# select {select}: final.pt is update {last['update']} ({kept})")
         path = self.out / "final.pt"
         if self.rank == 0:
             info = {k: last[k] for k in ("update", "epoch", "dev_obj", "dev_acc", "dev_wer") if k in last}

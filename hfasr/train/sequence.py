@@ -53,7 +53,8 @@ SEQUENCE_CRITERIA = ("mmi", "bmmi", "mpe", "smbr")
 class SeqTrainConfig:
     """Options of ``hfasr train --criterion mmi|bmmi|mpe|smbr`` (YAML via ``--config``)."""
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "sgd.epochs", "num_threads", "device", "keep_models")
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("hf.updates", "sgd.epochs", "num_threads", "device", "keep_models",
+                                           "select")
 
     criterion: str = "smbr"  # mmi | bmmi | mpe | smbr (copied into sequence.criterion)
     optimizer: Literal["hf", "sgd"] = "hf"
