@@ -172,8 +172,11 @@ def test_fine_tuned_ctc_run_counts_its_init_runs_time(tmp_path, caplog):
     assert [p.wall_s for p in r.points] == [120.0, 150.0]
     text = cmd.markdown([cmd.read_history(adam), r])
     assert "fine-tuned from" in text and "120 s" in text
-    c = cmd.compare(r, cmd.read_history(adam))  # hf reaches adam's final 0.40 at its start: Adam's 120 s
-    assert c.run_time == 120.0
+    # hf's start (update 0) is Adam's model re-measured: it counts from hf's own first update on
+    c = cmd.compare(r, cmd.read_history(adam))
+    assert (c.run_time, c.run_update) == (150.0, 1) and c.ratio == pytest.approx(120 / 150)
+    other = write_run(tmp_path / "other", "hf2-ctc", "hf", [(0, 0.0, 0.40, None)], criterion="ctc")
+    assert cmd.compare(cmd.read_history(other), cmd.read_history(adam)).run_time == 0.0  # not started from adam: its start counts
     # an init run without a history: a warning, times unchanged
     (hf / "init.txt").write_text(f"{tmp_path / 'gone' / 'final.pt'}\n")
     r = cmd.read_history(hf)

@@ -184,12 +184,19 @@ def comparable(a: Run, b: Run) -> bool:
     return a.criterion == b.criterion and a.acoustic_scale == b.acoustic_scale
 
 
-def time_to_target(run: Run, target: float) -> Point | None:
-    """The first point (in update order) with ``dev_obj <= target``, or None if never reached."""
+def time_to_target(run: Run, target: float, skip_initial: bool = False) -> Point | None:
+    """The first point (in update order) with ``dev_obj <= target``, or None if never reached;
+    ``skip_initial``: not the initial report (update 0)."""
     for p in run.points:
-        if p.dev_obj <= target:
+        if p.dev_obj <= target and not (skip_initial and p.update == 0):
             return p
     return None
+
+
+def started_from(run: Run, other: Run) -> bool:
+    """Whether ``run`` was fine-tuned from ``other``'s model (``init.txt`` names other's dir): its
+    initial report is then ``other``'s model re-measured, not progress of its own."""
+    return run.init_dir is not None and Path(run.init_dir).resolve() == Path(other.exp_dir).resolve()
 
 
 @dataclass
@@ -223,7 +230,7 @@ class Comparison:
 def compare(run: Run, other: Run) -> Comparison:
     """Time for ``run`` to reach ``other``'s final dev objective, and ``other``'s own time to it."""
     target = other.final.dev_obj
-    hit = time_to_target(run, target)
+    hit = time_to_target(run, target, skip_initial=started_from(run, other))
     own = time_to_target(other, target)
     return Comparison(run=run.run, other=other.run, target=target, run_time=None if hit is None else hit.wall_s,
                       run_update=None if hit is None else hit.update,
