@@ -108,16 +108,42 @@ def test_first_order_mid_epoch_resume_is_exact(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_non_finite_loss_names_the_minibatch_and_keeps_the_checkpoint(tmp_path):
+def test_non_finite_loss_names_the_minibatch_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    from hfasr.criteria.ctc import CtcLoss
     from hfasr.train.drivers import TrainingError
 
-    cfg = _ctc_cfg(optimizer="adam", adam={"lr": 1e30, "reports_per_epoch": 1})
+    # the training loss turns non-finite at the 4th minibatch of the run (2 minibatches of at most
+    # 60 frames per epoch: epoch 2, minibatch 2), after the first epoch's report was checkpointed
+    orig, calls = CtcLoss.loss, {"train": 0}
+
+    def loss(self, z, batch):
+        out = orig(self, z, batch)
+        if torch.is_grad_enabled():
+            calls["train"] += 1
+            if calls["train"] == 4:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(CtcLoss, "loss", loss)
+    cfg = _ctc_cfg(optimizer="adam", adam={"reports_per_epoch": 1, "epochs": 3})
     out = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"minibatch \d+ \(utterances u\d"):
+    with pytest.raises(TrainingError, match=r"epoch 2, minibatch 2 \(utterances u\d"):
         _train(cfg, out)
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
-    # the checkpoint holds the reports before the failing minibatch (lr 1e30 may survive one
-    # epoch), all of them finite
+    assert [h["update"] for h in ck["history"]] == [0, 1]  # init and epoch 1, both finite
+    assert ck["history"][0]["note"] == "init"
+    assert all(math.isfinite(h["dev_obj"]) for h in ck["history"])
+
+
+def test_non_finite_dev_objective_names_the_report_and_keeps_the_checkpoint(tmp_path):
+    from hfasr.train.drivers import TrainingError
+
+    # lr 1e30: the first epoch's training losses may stay finite while the dev objective is not
+    cfg = _ctc_cfg(optimizer="adam", adam={"lr": 1e30, "reports_per_epoch": 1})
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"non-finite (dev objective at update 1|training loss)"):
+        _train(cfg, out)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["history"][0]["note"] == "init"
     assert all(math.isfinite(h["dev_obj"]) for h in ck["history"])
 

@@ -326,8 +326,8 @@ class Experiment:
     def report(self, task, driver, stats: dict[str, Any], initial: bool = False) -> dict[str, Any]:
         ev = task.evaluate()
         if not math.isfinite(ev["dev_obj"]):
-            raise TrainingError(f"non-finite dev objective at update {driver.update}; (the last checkpoint is "
-                                "intact)")
+            raise TrainingError(f"non-finite dev objective at update {driver.update} (the model diverged: "
+                                "lower the learning rate or raise the damping; the last checkpoint is intact)")
         extra = {} if initial else driver.end_report(ev["dev_obj"])
         rec = {"run": task.run_name, "criterion": self.cfg.criterion, "optimizer": self.cfg.optimizer,
                "model": task.model_name, "update": driver.update, "wall_s": round(self.wall, 3), **stats, **ev,
