@@ -137,12 +137,15 @@ def experiment_states(exps: list[Path], init: bool, data_dir: Path, task: str, a
             driver = HFDriver(t, hf, cfg.seed, log_line=lambda s: None)
         ck = load_checkpoint(exp / "checkpoint.pt")
         final = exp / "final.pt"
-        t.net.load_state_dict(load_checkpoint(final)["state_dict"] if final.is_file() else ck["state_dict"])
+        model_ck = load_checkpoint(final) if final.is_file() else ck
+        t.net.load_state_dict(model_ck["state_dict"])
         if cfg.optimizer == "hf" and "driver" in ck:
             driver.load_state_dict(ck["driver"])
             damping, gen, upd = driver.opt.damping, _generator(driver.opt.generator.get_state(), 0), driver.opt.updates
         else:  # a first-order run: HF's initial damping, a fresh generator
-            damping, gen, upd = hf.optimizer.damping, _generator(None, hf.optimizer.seed), len(ck.get("history", [])) - 1
+            damping, gen = hf.optimizer.damping, _generator(None, hf.optimizer.seed)
+            # the model's own update (a kept model copied to final.pt need not be the run's last)
+            upd = int(model_ck.get("update", len(ck.get("history", [])) - 1))
         states.append(State(f"{exp.name} update {upd}", t.model, driver.objective, hf.optimizer, damping, gen, upd))
     return states
 

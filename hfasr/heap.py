@@ -44,3 +44,48 @@ def trim_heap() -> bool:
         return bool(ctypes.CDLL(None).malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+def file_mappings(paths) -> dict[str, list[tuple[int, int]]]:
+    """The address ranges ``[lo, hi)`` at which this process maps each file of ``paths`` (from
+    ``/proc/self/maps``; empty lists off Linux or when it cannot be read)."""
+    import os
+
+    want = {os.path.realpath(str(p)): str(p) for p in paths}
+    out: dict[str, list[tuple[int, int]]] = {str(p): [] for p in paths}
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6:
+            name = want.get(parts[5].strip())
+            if name is not None:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                out[name].append((lo, hi))
+    return out
+
+
+def drop_mapped_pages(ranges) -> bool:
+    """``madvise(MADV_DONTNEED)`` over address ranges of read-only *file* mappings (from
+    :func:`file_mappings`): their resident pages leave this process's RSS and are read again
+    (from the page cache) when next touched. Never call it on memory that was written to: a
+    private page's changes would be lost. Returns False where it is not available (the caller
+    then remaps instead)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return False
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    ok = True
+    for lo, hi in ranges:
+        ok &= madvise(lo, hi - lo, 4) == 0  # MADV_DONTNEED = 4
+    return ok

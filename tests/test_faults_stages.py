@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,20 @@ def test_lattice_shards_follow_shard_utterances(exp, tmp_path):
         assert torch.equal(x.src, y.src) and torch.equal(x.tid, y.tid) and torch.equal(x.graph_cost, y.graph_cost)
 
 
+def _resident_kb(ranges) -> int:
+    """Resident kB of this process's mappings that start at the given ranges (/proc/self/smaps)."""
+    starts = {lo for lo, _ in ranges}
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) in starts
+            elif inside and head == "Rss:":
+                total += int(line.split()[1])
+    return total
+
+
 # ------------------------------------------------------------------ streamed sequence training
 def test_streamed_sequence_data_equals_in_memory(exp):
     """StreamedSeqSet (features from disk, lattices from bounded shard maps) hands out the same
@@ -342,6 +357,18 @@ def test_streamed_sequence_data_equals_in_memory(exp):
             assert torch.equal(a.lattice.levels(), b.lattice.levels())
     assert shards.remaps > 0 and st.loads > len(st)
     assert all(s._levels is None for s in shards.stores)  # no level cache growing with the corpus
+    if sys.platform.startswith("linux"):
+        # the budget drops the shards' resident pages (madvise on the file mappings) instead of
+        # remapping: a view handed out before the drops still reads the same values, and the
+        # mappings' resident pages stay within a lattice's fault-around window
+        assert len(shards._ranges) == len(shards.stores)
+        first = st.utts[0][1].lattice
+        for i in range(1, len(mem)):
+            st.utts[i]
+        for k in ("src", "dst", "tid", "graph_cost"):
+            assert torch.equal(getattr(first, k), getattr(mem.utts[0][1].lattice, k)), k
+        shards._drop()
+        assert _resident_kb(shards._ranges) <= 64
     from hfasr.data.features import FeatureRef
 
     assert all(isinstance(r, FeatureRef) for r in st._cuts)

@@ -463,14 +463,21 @@ def _load_legacy(path) -> dict:
     return _with_stores(d, [store], path)
 
 
+FAULT_AROUND = 64 * 1024  # bytes a page fault on a file mapping maps around it (Linux's default)
+
+
 class LatticeShards:
     """The lattices of a split, memory-mapped shard by shard, with bounded resident memory.
 
     A memory-mapped shard costs no private memory, but every page a batch touches stays
     resident (and counts in the process's RSS) until the map is dropped: a pass over the
     training set would end with the whole split resident. :meth:`get` therefore counts the
-    bytes of the lattices it hands out and, once they exceed ``map_budget_mb``, maps every
-    shard afresh (the old maps go once no batch holds a view of them). Topological levels are
+    bytes of the lattices it hands out, plus the kernel's fault-around window (64 KiB mapped per
+    array a lattice touches, :data:`FAULT_AROUND`), and once that exceeds ``map_budget_mb`` drops
+    the shards' resident pages (``madvise(MADV_DONTNEED)`` on the read-only file mappings:
+    cheap, the views stay valid; where that is unavailable, every shard is mapped afresh and the
+    old maps go once no batch holds a view of them). Counting the lattice bytes alone let a
+    64 MB budget hold up to ~500 MB of mapped pages (16x synth: 32 shards, random access). Topological levels are
     computed when a lattice is handed to a batch, not cached: a cache (4 private bytes per state)
     would grow with the corpus (160 MB at 32k synth utterances), computing them costs about
     0.4 ms per lattice.
@@ -490,8 +497,9 @@ class LatticeShards:
         ip = index_path(lat_dir, split)
         self._files = [(ip.parent / sh["file"], sh["key"]) for sh in meta.get("shards", [])] if ip.is_file() else []
         self.budget = map_budget_mb * 2**20 if self._files else math.inf
-        self.touched = 0.0  # bytes handed out since the shards were last mapped
-        self.remaps = 0  # times the shards were mapped afresh (tests, diagnostics)
+        self.touched = 0.0  # bytes (with fault-around) handed out since the pages were last dropped
+        self.remaps = 0  # times the shards' pages were dropped or the shards mapped afresh (tests, diagnostics)
+        self._ranges: list[tuple[int, int]] = []  # address ranges of the shard files' mappings
         for st in self.stores:
             st.cache_levels = False
         if self._files:
@@ -508,17 +516,41 @@ class LatticeShards:
         s, i = self._where[cut_id]
         st = self.stores[s]
         a0, a1 = int(st.arc_offsets[i]), int(st.arc_offsets[i + 1])
-        nbytes = (a1 - a0) * (20 if st.word is not None else 16) + 4 * int(st.num_states[i])
+        nbytes = ((a1 - a0) * (20 if st.word is not None else 16) + 4 * int(st.num_states[i])
+                  + FAULT_AROUND * (6 if st.word is not None else 5))
         if self.touched + nbytes > self.budget and self.touched > 0:
-            self._remap()
+            self._drop()
             st = self.stores[s]
         self.touched += nbytes
         return st[i]
 
     def _remap(self) -> None:
+        """Map every shard afresh (the old maps go once no view of them is left)."""
+        from hfasr.heap import file_mappings
+
         for s, (path, key) in enumerate(self._files):
             new, _ = read_shard(path, key, mmap=True, check=False)
             new.cache_levels = False
             self.stores[s] = new
+        maps = file_mappings([p for p, _ in self._files])
+        # each shard's mapping: the one holding its arc arrays (older maps of a file may still be alive)
+        self._ranges = []
+        for st, (path, _) in zip(self.stores, self._files):
+            ptr = st.src.data_ptr()
+            hit = [r for r in maps[str(path)] if r[0] <= ptr < r[1]]
+            if len(hit) != 1:
+                self._ranges = []  # not found in /proc/self/maps: remap instead of dropping pages
+                break
+            self._ranges.append(hit[0])
         self.touched = 0.0
         self.remaps += 1
+
+    def _drop(self) -> None:
+        """Drop the shards' resident pages (the lattice tensors are never written to)."""
+        from hfasr.heap import drop_mapped_pages
+
+        if self._ranges and drop_mapped_pages(self._ranges):
+            self.touched = 0.0
+            self.remaps += 1
+        else:
+            self._remap()
