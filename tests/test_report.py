@@ -186,3 +186,35 @@ def test_fine_tuned_ctc_run_counts_its_init_runs_time(tmp_path, caplog):
     seq = write_run(tmp_path / "seq", "hf-smbr", "hf", HF)
     (seq / "init.txt").write_text(f"{adam / 'final.pt'}\n")
     assert cmd.read_history(seq).points[0].wall_s == 0.0
+
+
+def test_selected_model_is_the_one_reported_and_compared(tmp_path):
+    """A run whose final.pt is a kept earlier model (``select``): the table shows that model's
+    update, dev objective and WER, and other runs are timed to its dev objective; an initial
+    model already at the target gives no ratio (was ∞x / 0.00x)."""
+    import torch
+
+    adam = write_run(tmp_path / "adam", "adam-ctc", "adam", [(0, 0.0, 0.30, 100.0), (1, 60.0, 0.50, 80.0),
+                                                           (2, 120.0, 0.45, 70.0), (3, 180.0, 0.60, 75.0)],
+                     criterion="ctc", wer=WER_TXT)
+    torch.save({"update": 2, "state_dict": {}}, adam / "final.pt")
+    hf = write_run(tmp_path / "hf", "hf-ctc", "hf", [(0, 0.0, 0.60, 70.0), (1, 30.0, 0.44, 69.0)], criterion="ctc")
+    (hf / "init.txt").write_text(f"{adam / 'final.pt'}\n")
+    ra, rh = cmd.read_history(adam), cmd.read_history(hf)
+    assert ra.chosen_update == 2 and ra.chosen.dev_obj == 0.45 and ra.chosen_dev_wer == 70.0
+    assert rh.chosen_update is None and rh.chosen is rh.final  # no final.pt: the last report
+    md = cmd.markdown([ra, rh])
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| run ")}
+    assert "| chosen update |" in md and "chosen dev obj" in md
+    assert rows["adam-ctc"][3:9] == ["3", "2", "180", "0.4500", "0.3000", "70.00"]
+    # hf (fine-tuned from adam's chosen model) passes 0.45 at its first update (180 + 30 s); adam's
+    # own initial model is already below it (the FSDD situation: an untrained model's low dev loss)
+    c = cmd.compare(rh, ra)
+    assert (c.target, c.run_time, c.other_time) == (0.45, 210.0, 0.0)
+    assert "adam-ctc's initial model is already there; no ratio" in c.line()
+    c = cmd.compare(ra, rh)
+    assert c.run_time == 0.0 and "its initial model is already there (update 0); no ratio" in c.line()
+    # an unreadable final.pt: the last report, with a working report
+    (adam / "final.pt").write_bytes(b"not a checkpoint")
+    assert cmd.read_history(adam).chosen_update is None

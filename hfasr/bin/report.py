@@ -74,10 +74,26 @@ class Run:
     # already added to every point's wall_s, and its dir
     init_seconds: float = 0.0
     init_dir: Path | None = None
+    # the update of the run's final.pt when it is not the last report (``select: dev_obj|dev_wer``
+    # with ``keep_models``): the model the run hands over and that was decoded
+    chosen_update: int | None = None
 
     @property
     def final(self) -> Point:
         return self.points[-1]
+
+    @property
+    def chosen(self) -> Point:
+        """The point of the model in ``final.pt`` (the last report unless the run selected another)."""
+        if self.chosen_update is not None:
+            for p in self.points:
+                if p.update == self.chosen_update:
+                    return p
+        return self.final
+
+    @property
+    def chosen_dev_wer(self) -> float | None:
+        return self.chosen.dev_wer if self.chosen_update is not None else self.final_dev_wer
 
     @property
     def best_dev_obj(self) -> float:
@@ -158,12 +174,29 @@ def read_history(exp_dir: str | Path) -> Run:
                 p.wall_s += run.init_seconds
         else:
             log.warning("%s names %s, which has no history.jsonl: wall times exclude its training", init, init_dir)
+    run.chosen_update = _chosen_update(exp_dir / "final.pt", run.final.update)
     wer = exp_dir / "decode_test" / "wer.txt"
     if wer.is_file():
         run.test_wer = parse_wer(wer)
         if not run.test_wer:
             raise DataError(f"{wer}: no Kaldi '%WER x.xx [ e / n, i ins, d del, s sub ]' line")
     return run
+
+
+def _chosen_update(final: Path, last: int) -> int | None:
+    """The ``update`` recorded in a run's ``final.pt`` when it differs from ``last`` (None when
+    it is the last report, or the file is absent or unreadable)."""
+    if not final.is_file():
+        return None
+    import pickle
+
+    import torch
+
+    try:
+        update = torch.load(final, map_location="cpu", weights_only=True).get("update")
+    except (OSError, RuntimeError, ValueError, EOFError, AttributeError, pickle.UnpicklingError):
+        return None  # an old or foreign final.pt: the report still works, from the last report
+    return int(update) if isinstance(update, int) and update != last else None
 
 
 def _acoustic_scale(config: Path) -> float | None:
@@ -209,6 +242,7 @@ class Comparison:
     run_time: float | None  # first wall_s where run's dev_obj <= target (None: not reached)
     run_update: int | None
     other_time: float  # first wall_s where other's dev_obj <= target (<= its final wall_s)
+    other_chosen: int | None = None  # other's selected update when the target is not its last report's
 
     @property
     def ratio(self) -> float | None:
@@ -218,23 +252,28 @@ class Comparison:
         return math.inf if self.run_time == 0 else self.other_time / self.run_time
 
     def line(self) -> str:
-        head = f"time for {self.run} to reach {self.other}'s final dev objective ({self.target:.4f}):"
+        which = "final" if self.other_chosen is None else f"chosen (update {self.other_chosen})"
+        head = f"time for {self.run} to reach {self.other}'s {which} dev objective ({self.target:.4f}):"
         if self.run_time is None:
             return f"{head} not reached ({self.other} reaches it at {self.other_time:.0f} s)"
-        r = self.ratio
-        ratio = "∞" if r == math.inf else f"{r:.2f}"
+        if self.run_time == 0:
+            return f"{head} its initial model is already there (update 0); no ratio"
+        if self.other_time == 0:
+            return (f"{head} {self.run_time:.0f} s (update {self.run_update}); {self.other}'s initial model is "
+                    "already there; no ratio")
         return (f"{head} {self.run_time:.0f} s (update {self.run_update}); {self.other} first reaches it at "
-                f"{self.other_time:.0f} s; ratio {self.other}/{self.run} = {ratio}x")
+                f"{self.other_time:.0f} s; ratio {self.other}/{self.run} = {self.ratio:.2f}x")
 
 
 def compare(run: Run, other: Run) -> Comparison:
     """Time for ``run`` to reach ``other``'s final dev objective, and ``other``'s own time to it."""
-    target = other.final.dev_obj
+    target = other.chosen.dev_obj
     hit = time_to_target(run, target, skip_initial=started_from(run, other))
     own = time_to_target(other, target)
     return Comparison(run=run.run, other=other.run, target=target, run_time=None if hit is None else hit.wall_s,
                       run_update=None if hit is None else hit.update,
-                      other_time=own.wall_s if own is not None else other.final.wall_s)
+                      other_time=own.wall_s if own is not None else other.final.wall_s,
+                      other_chosen=other.chosen_update)
 
 
 def comparisons(runs: list[Run]) -> list[Comparison]:
@@ -249,24 +288,27 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 
 def markdown(runs: list[Run]) -> str:
     """The report as markdown: the per-run table and the time-to-target lines."""
-    header = ("| run | optimizer | criterion | updates | wall s | final dev obj | best dev obj | final dev %WER "
-              "| test %WER [95% CI] |")
-    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    chose = any(r.chosen_update is not None for r in runs)
+    what = "chosen" if chose else "final"
+    header = (f"| run | optimizer | criterion | updates |{' chosen update |' if chose else ''} wall s | {what} dev obj "
+              f"| best dev obj | {what} dev %WER | test %WER [95% CI] |")
+    lines = [header, "|---|---|---|---:|" + ("---:|" if chose else "") + "---:|---:|---:|---:|---|"]
     for r in runs:
         test = "-"
         if r.test_wer:
             ci = r.test_wer["ci"]
             test = f"{r.test_wer['wer']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         crit = r.criterion + (f" (κ {r.acoustic_scale:g})" if r.acoustic_scale is not None else "")
-        lines.append(f"| {r.run} | {r.optimizer} | {crit} | {r.final.update} | {r.final.wall_s:.0f} "
-                     f"| {_fmt(r.final.dev_obj)} | {_fmt(r.best_dev_obj)} | {_fmt(r.final_dev_wer, '.2f')} | {test} |")
+        sel = f" {r.chosen.update} |" if chose else ""
+        lines.append(f"| {r.run} | {r.optimizer} | {crit} | {r.final.update} |{sel} {r.final.wall_s:.0f} "
+                     f"| {_fmt(r.chosen.dev_obj)} | {_fmt(r.best_dev_obj)} | {_fmt(r.chosen_dev_wer, '.2f')} | {test} |")
     inits = [r for r in runs if r.init_dir is not None]
     if inits:
         lines += [""] + [f"- {r.run}: fine-tuned from {r.init_dir}; its wall times include that run's "
                          f"{r.init_seconds:.0f} s" for r in inits]
     comps = comparisons(runs)
     if comps:
-        lines += ["", ("Time to reach another run's final dev objective (first wall time with dev objective "
+        lines += ["", ("Time to reach another run's final (or, with `select`, chosen) dev objective (first wall time with dev objective "
                        "<= target; ratio = the other run's own first time to that objective / this run's):"), ""]
         lines += [f"- {c.line()}" for c in comps]
     apart = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
