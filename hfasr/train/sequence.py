@@ -82,7 +82,7 @@ class SeqTrainConfig:
     # most lattice_map_mb of mapped pages resident; only alignments (8 bytes per frame) stay in
     # memory. 0 = the whole split in memory (faster on small corpora)
     stream_cache_utts: int = bounded(0, ge=0)
-    lattice_map_mb: float = bounded(64.0, gt=0)  # stream_cache_utts > 0: resident lattice pages before remapping
+    lattice_map_mb: float = bounded(64.0, gt=0)  # stream_cache_utts > 0: resident lattice pages (with the 64 KiB fault-around) before they are dropped
     train_split: str = "train"
     dev_split: str = "dev"
     regenerate_every: int = bounded(0, ge=0)  # > 0: re-decode the training lattices with the current model every N HF updates / SGD reports
