@@ -262,3 +262,22 @@ def test_diag_damping_and_chapelle_erhan_match_hf(tiny):
     gn = obj.curvature(torch.Generator().manual_seed(0))
     mine = curvature_diagonal(gn, None, ce, torch.Generator().manual_seed(ce.seed))
     assert torch.allclose(mine, opt._curvature_diag(gn, None))
+
+
+def test_gate_blocks_split_mdlstm_gates_and_leave_plain_biases_whole():
+    """An MDLSTM layer (w_in, w_rec, bias; 5 gates i, f_t, f_f, o, g) is split into its 5 gates;
+    a feed-forward or output layer whose bias length happens to divide by 4 or 5 is not."""
+    H, In = 2, 3
+    named = [("lstms.0.w_in", torch.zeros(4, In, 5 * H)), ("lstms.0.w_rec", torch.zeros(4, 2 * H, 5 * H)),
+             ("lstms.0.bias", torch.zeros(4, 5 * H)), ("ffs.0.weight", torch.zeros(20, 8)),
+             ("ffs.0.bias", torch.zeros(20)), ("output.weight", torch.zeros(8, 20)), ("output.bias", torch.zeros(8))]
+    blocks = gate_blocks(named)
+    assert [b.name for b in blocks] == ["lstms.0:i", "lstms.0:ft", "lstms.0:ff", "lstms.0:o", "lstms.0:g", "ffs.0",
+                                        "output"]
+    assert [b.size for b in blocks] == [4 * In * H + 4 * 2 * H * H + 4 * H] * 5 + [180, 168]
+    total = sum(p.numel() for _, p in named)
+    assert torch.equal(torch.cat([b.index for b in blocks]).sort().values, torch.arange(total))
+    # the f_f gate of the bias: columns 2H..3H of each direction's row
+    n_in, n_rec = 4 * In * 5 * H, 4 * 2 * H * 5 * H
+    f_f = (n_in + n_rec + torch.arange(4 * 5 * H).reshape(4, 5 * H)[:, 2 * H : 3 * H]).reshape(-1)
+    assert set(f_f.tolist()) <= set(blocks[2].index.tolist())

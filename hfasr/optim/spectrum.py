@@ -119,26 +119,55 @@ def parameter_blocks(named_parameters: Iterable[tuple[str, Tensor]],
     return [Block(k, torch.cat(v)) for k, v in spans.items()]
 
 
-def gate_blocks(named_parameters: Iterable[tuple[str, Tensor]], gates: Sequence[str] = ("i", "f", "o", "g"),
+# recurrent layer kinds: (the weight names that mark a module as one, their gate order); the
+# module's ``bias`` is split with them (a plain layer's bias is not)
+GATED_LAYERS: tuple[tuple[frozenset[str], tuple[str, ...]], ...] = (
+    (frozenset({"w_ih", "w_hh"}), ("i", "f", "o", "g")),  # hfasr.models.blstm.BiLSTMLayer
+    (frozenset({"w_in", "w_rec"}), ("i", "ft", "ff", "o", "g")),  # hfasr.models.mdlstm.MDLSTMLayer
+)
+
+
+def gate_blocks(named_parameters: Iterable[tuple[str, Tensor]], gates: Sequence[str] | None = None,
                 match: Callable[[str, Tensor], bool] | None = None, other: bool = True) -> list[Block]:
-    """Gate groups of recurrent layers: every parameter that ``match`` accepts (default: names
-    ending in ``w_ih``, ``w_hh`` or ``bias`` whose last axis splits into ``len(gates)`` equal
-    parts, as :class:`hfasr.models.blstm.BiLSTMLayer`'s gate order i, f, o, g) is cut along its
-    last axis; block ``<module>:<gate>`` gathers that gate's slice of all the module's matched
-    tensors. With ``other``, the remaining parameters form blocks per module
+    """Gate groups of recurrent layers: the gate-stacked tensors of every recurrent module are cut
+    along their last axis; block ``<module>:<gate>`` gathers that gate's slice of all the
+    module's matched tensors. By default the kind of each module is recognised from its weight
+    names (:data:`GATED_LAYERS`: a BLSTM layer's ``w_ih`` / ``w_hh`` / ``bias`` in gate order
+    i, f, o, g; an MDLSTM layer's ``w_in`` / ``w_rec`` / ``bias`` in gate order i, f_t, f_f, o,
+    g), and only those modules are split: a feed-forward or output layer's ``bias`` stays whole.
+    ``gates`` with ``match`` (a predicate on (name, tensor)) split the matched tensors into those
+    gates instead. With ``other``, the remaining parameters form blocks per module
     (:func:`parameter_blocks`)."""
-    k = len(gates)
-    if match is None:
-        def match(name: str, p: Tensor) -> bool:
-            return name.rsplit(".", 1)[-1] in ("w_ih", "w_hh", "bias") and p.dim() >= 1 and p.shape[-1] % k == 0
+    named_parameters = list(named_parameters)
+    leaves: dict[str, set[str]] = {}
+    for name, _ in named_parameters:
+        leaves.setdefault(_module_of(name, None), set()).add(name.rsplit(".", 1)[-1])
+    kind: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
+    for module, names in leaves.items():
+        for marks, order in GATED_LAYERS:
+            if marks <= names:
+                kind[module] = (order, marks | {"bias"})
+
+    def gates_of(name: str, p: Tensor) -> tuple[str, ...] | None:
+        if match is not None or gates is not None:
+            order = tuple(gates or ("i", "f", "o", "g"))
+            ok = match(name, p) if match is not None else name.rsplit(".", 1)[-1] in ("w_ih", "w_hh", "bias")
+        else:
+            found = kind.get(_module_of(name, None))
+            if found is None:
+                return None
+            order, ok = found[0], name.rsplit(".", 1)[-1] in found[1]
+        return order if ok and p.dim() >= 1 and p.shape[-1] % len(order) == 0 else None
+
     spans: dict[str, list[Tensor]] = {}
     o = 0
     for name, p in named_parameters:
         n = p.numel()
         flat = torch.arange(o, o + n).reshape(p.shape) if p.dim() else torch.arange(o, o + n)
-        if match(name, p):
-            for gi, chunk in enumerate(flat.chunk(k, dim=-1)):
-                spans.setdefault(f"{_module_of(name, None)}:{gates[gi]}", []).append(chunk.reshape(-1))
+        order = gates_of(name, p)
+        if order is not None:
+            for gi, chunk in enumerate(flat.chunk(len(order), dim=-1)):
+                spans.setdefault(f"{_module_of(name, None)}:{order[gi]}", []).append(chunk.reshape(-1))
         elif other:
             spans.setdefault(_module_of(name, None), []).append(flat.reshape(-1))
         o += n
