@@ -141,7 +141,8 @@ def experiment_states(exps: list[Path], init: bool, data_dir: Path, task: str, a
         t.net.load_state_dict(model_ck["state_dict"])
         if cfg.optimizer == "hf" and "driver" in ck:
             driver.load_state_dict(ck["driver"])
-            damping, gen, upd = driver.opt.damping, _generator(driver.opt.generator.get_state(), 0), driver.opt.updates
+            damping, gen = driver.opt.damping, _generator(driver.opt.generator.get_state(), 0)
+            upd = int(model_ck.get("update", driver.opt.updates))  # final.pt may be a selected earlier update
         else:  # a first-order run: HF's initial damping, a fresh generator
             damping, gen = hf.optimizer.damping, _generator(None, hf.optimizer.seed)
             # the model's own update (a kept model copied to final.pt need not be the run's last)
