@@ -15,7 +15,7 @@ cd "$root"; mkdir -p "$work" "$out"
 S="python bench/spectrum.py --probes 3 --steps 30 --block-probes 1 --block-steps 15"
 A="--data-dir recipes/an4/data --task an4"
 Y="--data-dir recipes/yesno/data --task yesno --lang recipes/yesno/exp/lang"
-sed 's/epochs: 15/epochs: 1/' recipes/an4/conf/ctc_blstm_adam.yaml > "$work/an4_blstm_ep1.yaml"
+sed -E 's/epochs: [0-9]+}/epochs: 1}/' recipes/an4/conf/ctc_blstm_adam.yaml > "$work/an4_blstm_ep1.yaml"
 sed 's/epochs: 40/epochs: 10/' bench/configs/ctc_mdlstm_deep_adam.yaml > "$work/deep_adam10.yaml"
 sed 's/updates: 40/updates: 4/' bench/configs/ctc_mdlstm_deep_hf.yaml > "$work/deep_hf4.yaml"
 [ -f "$work/an4_blstm_ep1/final.pt" ] || hfasr train --config "$work/an4_blstm_ep1.yaml" $A --lang recipes/an4/exp/lang \
@@ -29,7 +29,7 @@ $S --exp recipes/fsdd/exp/dnn_ce --init --data-dir recipes/fsdd/data --task fsdd
   --out "$out/spectrum_fsdd_ce" --title "FSDD connected-digit CE-DNN 3x512 ReLU (masked): init, Adam (CE recipe)"
 $S --exp "$work/an4_blstm_ep1" --exp recipes/an4/exp/ctc_blstm_adam --exp recipes/an4/exp/ctc_blstm_adamhf --init $A \
   --lang recipes/an4/exp/lang --gates --damping 0.01 --threads 1 --out "$out/spectrum_an4_blstm_ctc" \
-  --title "AN4 BLSTM-CTC 2x64: init, blank stage (Adam 1 epoch), Adam (15 epochs), Adam -> HF (2 updates)"
+  --title "AN4 BLSTM-CTC 2x64: init, blank stage (Adam 1 epoch), Adam (dev-best epoch), Adam -> HF (2 updates)"
 $S --exp "$work/deep_adam10" --exp "$work/deep_hf4" --init $Y --gates --damping 0.01 --threads 1 \
   --out "$out/spectrum_yesno_mdlstm5_ctc" \
   --title "yesno 5-level MDLSTM-CTC: init (blank plateau), Adam 10 epochs (plateau), HF 4 updates from init"
